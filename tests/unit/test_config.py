@@ -1,0 +1,90 @@
+"""The settings loader: strict keys, helpful errors, overrides, and the shipped params.yaml is valid."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from desta.config import ParamsError, flatten, load_params, parse_overrides
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def test_shipped_params_are_valid():
+    params = load_params(ROOT / "params.yaml")
+    assert params.model.llm and params.model.encoder
+    assert params.prepare.sources, "the default run needs at least one source"
+
+
+def test_unknown_key_names_file_key_and_fix(tmp_path):
+    p = write(tmp_path, {"train": {"lr": 1e-4, "learning_rate": 3}})
+    with pytest.raises(ParamsError) as err:
+        load_params(p)
+    msg = str(err.value)
+    assert str(p) in msg and "train.learning_rate" in msg and "unknown key" in msg
+
+
+def test_bad_value_names_key_and_value(tmp_path):
+    p = write(tmp_path, {"train": {"lr": -1}})
+    with pytest.raises(ParamsError, match=r"train\.lr: .*greater than 0.*-1"):
+        load_params(p)
+
+
+def test_unknown_section_rejected(tmp_path):
+    with pytest.raises(ParamsError, match="trian: unknown key"):
+        load_params(write(tmp_path, {"trian": {}}))
+
+
+def test_bad_literal_and_nested_key(tmp_path):
+    p = write(tmp_path, {"train": {"strategy": "horovod"}, "model": {"lora": {"rank": 4}}})
+    with pytest.raises(ParamsError) as err:
+        load_params(p)
+    assert "train.strategy" in str(err.value) and "model.lora.rank" in str(err.value)
+
+
+def test_validate_section_alias(tmp_path):
+    params = load_params(write(tmp_path, {"validate": {"response_min_chars": 3}}))
+    assert params.validate_.response_min_chars == 3
+
+
+def test_source_without_path_fails_early(tmp_path):
+    p = write(tmp_path, {"prepare": {"sources": [{"name": "v", "kind": "vctk"}]}})
+    with pytest.raises(ParamsError, match="needs `path:`"):
+        load_params(p)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_overrides_are_typed_and_validated(tmp_path):
+    p = write(tmp_path, {})
+    params = load_params(p, ["train.max_steps=7", "model.lora.enabled=true"])
+    assert params.train.max_steps == 7 and params.model.lora.enabled is True
+    with pytest.raises(ParamsError, match="train.max_steps"):
+        load_params(p, ["train.max_steps=zero"])
+    with pytest.raises(ParamsError, match="KEY=VALUE"):
+        parse_overrides(["train.max_steps"])
+
+
+def test_flatten():
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": 1, "a.c.d": [1, 2], "e": {}}
+
+
+def test_model_cache_dir_precedence(tmp_path, monkeypatch):
+    p = write(tmp_path, {})
+    monkeypatch.setenv("DESTA_HOME", str(tmp_path / "home"))
+    assert load_params(p).model_cache_dir() == tmp_path / "home" / "models"
+    params = load_params(p, [f"paths.model_cache={tmp_path / 'explicit'}"])
+    assert params.model_cache_dir() == tmp_path / "explicit"
