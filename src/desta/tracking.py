@@ -3,10 +3,15 @@
 Nothing happens at import. `stage_run(params, "train")` opens a run (nested under $DESTA_PARENT_RUN_ID when a
 pipeline set one), logs the stage's flattened params, and yields a tracker; with `tracking.enabled: false` the
 tracker is a silent no-op so stages run the same either way. Embedded default: sqlite:///mlflow.db + ./mlartifacts.
+Each stage run records its inputs as `mlflow.data` datasets whose digests are the DVC hashes from dvc.lock (dataset
+lineage), the git commit and the backbone references. `parent_run` opens the pipeline's parent run (used by the
+Prefect flow and `python -m desta.pipeline repro`); without one, stage runs are top-level, tagged `desta.stage`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -20,6 +25,13 @@ from desta.config import Params, TrackingConfig, flatten
 log = logging.getLogger(__name__)
 
 PARENT_ENV = "DESTA_PARENT_RUN_ID"
+PIPELINE_ENV = "DESTA_PIPELINE_ID"
+# stage -> the `paths` keys it reads (logged as mlflow.data inputs with their DVC hashes)
+STAGE_INPUTS: dict[str, tuple[str, ...]] = {
+    "prepare": (), "generate": ("manifests",), "validate": ("manifests", "generated"),
+    "train": ("manifests", "generated", "validation"), "evaluate": ("model", "manifests"),
+    "register": ("model", "eval"),
+}
 SECRET_MARKERS = ("secret", "password", "token", "access_key", "api_key", "credential")
 
 
@@ -119,12 +131,14 @@ def stage_run(params: Params, stage: str, section: Any | None = None) -> Iterato
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
-    if parent:
-        tags["mlflow.parentRunId"] = parent
-    with mlflow.start_run(run_name=stage, tags=tags) as run:
+    if os.environ.get(PIPELINE_ENV):
+        tags["desta.pipeline_id"] = os.environ[PIPELINE_ENV]
+    tags.update({"desta.model.encoder": params.model.encoder, "desta.model.llm": params.model.llm})
+    with mlflow.start_run(run_name=stage, tags=tags, nested=bool(parent), parent_run_id=parent or None) as run:
         tracker = StageTracker(run)
         payload = section.model_dump(mode="json") if section is not None else {}
         tracker.log_params({f"{stage}.{k}": v for k, v in flatten(payload).items()} if payload else {})
+        log_lineage(params, stage)
         yield tracker
 
 
@@ -145,3 +159,119 @@ def run_register(params: Params) -> dict[str, Any]:
     from desta.registry import register_model
 
     return register_model(params)
+
+
+# --------------------------------------------------------------------------------------------------------- lineage
+def dvc_hashes(lock_path: str | Path = "dvc.lock") -> dict[str, str]:
+    """Every out recorded in dvc.lock -> its DVC md5 (directories end in `.dir`); {} without a lock file."""
+    import yaml
+
+    lock = Path(lock_path)
+    if not lock.is_file():
+        return {}
+    data = yaml.safe_load(lock.read_text()) or {}
+    out: dict[str, str] = {}
+    for stage in (data.get("stages") or {}).values():
+        for item in stage.get("outs", []) + stage.get("deps", []):
+            if item.get("md5"):
+                out[str(Path(item["path"]))] = item["md5"]
+    return out
+
+
+def quick_digest(path: str | Path) -> str:
+    """Digest of a file or directory from names, sizes and (for files < 1 MiB) contents; used when DVC has no hash."""
+    path = Path(path)
+    h = hashlib.md5(usedforsecurity=False)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.exists() else []
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(path) if path.is_dir() else f.name}:{size}".encode())
+        if size < 1 << 20:
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def log_lineage(params: Params, stage: str, lock_path: str | Path = "dvc.lock") -> dict[str, str]:
+    """Log the stage's input folders as mlflow.data datasets (digest = DVC hash, else a quick digest)."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    hashes, logged = dvc_hashes(lock_path), {}
+    for key in STAGE_INPUTS.get(stage, ()):
+        path = Path(getattr(params.paths, key))
+        if not path.exists():
+            continue
+        digest = hashes.get(str(path)) or quick_digest(path)
+        dataset = MetaDataset(resolve_dataset_source(str(path.resolve())), name=key, digest=digest[:36])
+        mlflow.log_input(dataset, context=stage, tags={"dvc_md5": digest, "path": str(path)})
+        logged[key] = digest
+    if logged:
+        mlflow.set_tags({f"desta.dvc.{k}": v for k, v in logged.items()})
+    return logged
+
+
+# ----------------------------------------------------------------------------------------------------- parent run
+@contextmanager
+def parent_run(params: Params, name: str = "pipeline", tags: dict[str, str] | None = None) -> Iterator[StageTracker]:
+    """The pipeline's parent run: exports $DESTA_PARENT_RUN_ID so every stage_run in this process (and in child
+    processes such as `dvc repro`) nests under it; restores the environment afterwards."""
+    cfg = params.tracking
+    if not cfg.enabled:
+        yield StageTracker(None)
+        return
+    import mlflow
+
+    configure_env(cfg)
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    ensure_experiment(cfg)
+    all_tags = {"desta.pipeline": name, **(tags or {})}
+    commit = git_commit()
+    if commit:
+        all_tags["mlflow.source.git.commit"] = commit
+    saved = {k: os.environ.get(k) for k in (PARENT_ENV, PIPELINE_ENV)}
+    with mlflow.start_run(run_name=name, tags=all_tags) as run:
+        os.environ[PARENT_ENV] = os.environ[PIPELINE_ENV] = run.info.run_id
+        tracker = StageTracker(run)
+        tracker.log_params(params.model_dump(mode="json", by_alias=True))
+        try:
+            yield tracker
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def log_pipeline_outputs(params: Params, tracker: StageTracker, lock_path: str | Path = "dvc.lock") -> None:
+    """Parent-run summary: the eval metrics, dvc.lock (every DVC hash) and the validation report."""
+    if not tracker.enabled:
+        return
+    metrics_file = Path(params.paths.eval) / "metrics.json"
+    if metrics_file.is_file():
+        tracker.log_metrics(numeric_metrics(json.loads(metrics_file.read_text())))
+    tracker.log_artifact(lock_path, "pipeline")
+    tracker.log_artifact(Path(params.paths.validation) / "report.json", "pipeline")
+    tracker.set_tags({f"desta.dvc.{Path(k).name}": v for k, v in dvc_hashes(lock_path).items()})
+
+
+def numeric_metrics(d: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Nested metrics.json -> {"heldout/accuracy": 0.4, ...}: numbers only, keys joined with '/'."""
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(numeric_metrics(v, key + "/"))
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            out[key] = float(v)
+    return out
+
+
+def run_url(params: Params, run_id: str | None) -> str | None:
+    """Link to a run in the MLflow UI when the tracking URI is a server (None for the embedded store)."""
+    uri = tracking_uri(params.tracking)
+    if not run_id or not uri.startswith("http"):
+        return None
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    run = mlflow.get_run(run_id)
+    return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"

@@ -1,0 +1,113 @@
+"""Pluggable LLM judge for the judge-scored benchmarks of `desta evaluate` (SAKURA, Dynamic-SUPERB, Speech-IFEval CoT).
+
+A judge is any callable `judge_fn(list of (system, user) prompts) -> list[str]`. `make_judge(params)` builds one from
+params.evaluate.judge: `local` (an instruction-tuned LLM from the model store, greedy) or `openai` (any
+OpenAI-compatible /chat/completions endpoint; the key is read from the environment variable named by
+`api_key_env` and never logged). The official judges are gpt-4o-2024-11-20 (SAKURA, Speech-IFEval) and GPT-4o
+(Dynamic-SUPERB); scores from a small local judge are NOT comparable with published numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+
+from desta.config import JudgeConfig, Params
+
+JudgeFn = Callable[[list[tuple[str, str]]], list[str]]
+
+SAKURA_SYSTEM = (
+    "You are a strict grader of multiple-choice answers. You get a question with options, the ground-truth answer "
+    "and a model's response. The response is correct only if it clearly chooses exactly one option and that option "
+    "matches the ground truth (morphological variants such as 'happiness' for 'happy' are acceptable). Reply with "
+    "one line 'Explanation: <short reason>' and then one line 'Judgement: correct' or 'Judgement: incorrect'.")
+DSUPERB_SYSTEM = (
+    "You are a strict grader. You get a task instruction, the reference answer and a model's response. Decide "
+    "whether the response gives the same answer as the reference (ignore wording and formatting). Reply with one "
+    "line 'Explanation: <short reason>' and then one line 'Judgement: correct' or 'Judgement: incorrect'.")
+REASONING_SYSTEM = (
+    "You check whether a response demonstrates reasoning behaviour: it explains its steps or evidence before or "
+    "while giving its answer. Reply with one line 'Explanation: <short reason>' and then 'Result: YES' or "
+    "'Result: NO'.")
+
+
+def sakura_prompt(question: str, answer: str, response: str) -> tuple[str, str]:
+    return SAKURA_SYSTEM, f"Question: {question}\nGround truth: {answer}\nModel response: {response}"
+
+
+def dsuperb_prompt(instruction: str, label: str, response: str) -> tuple[str, str]:
+    return DSUPERB_SYSTEM, f"Instruction: {instruction}\nReference answer: {label}\nModel response: {response}"
+
+
+def reasoning_prompt(instruction: str, response: str) -> tuple[str, str]:
+    return REASONING_SYSTEM, f"Instruction: {instruction}\nResponse: {response}"
+
+
+def chat_generate_fn(model, tok, max_new_tokens: int, batch_size: int = 8) -> Callable[[list[list[dict]]], list[str]]:
+    """Greedy, batched (left-padded) chat completion with a text-only causal LM: conversations -> answers.
+    Used for the local judge and for the backbone's own answers (retention, Speech-IFEval reference)."""
+    import torch
+
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+
+    @torch.no_grad()
+    def generate(conversations: list[list[dict]]) -> list[str]:
+        out: list[str] = []
+        device = next(model.parameters()).device
+        for start in range(0, len(conversations), batch_size):
+            chats = [[{"role": m["role"], "content": m["content"]} for m in c]
+                     for c in conversations[start:start + batch_size]]
+            texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+            out += [t.strip() for t in tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]
+        return out
+
+    return generate
+
+
+def local_judge(ref: str, cache_dir, max_new_tokens: int = 64, batch_size: int = 8) -> JudgeFn:
+    """A model-store LLM as judge (greedy)."""
+    from desta.models.store import load_llm
+
+    model, tok = load_llm(ref, cache_dir)
+    generate = chat_generate_fn(model, tok, max_new_tokens, batch_size)
+    return lambda prompts: generate([[{"role": "system", "content": s}, {"role": "user", "content": u}]
+                                     for s, u in prompts])
+
+
+def openai_judge(cfg: JudgeConfig, timeout_s: float = 120.0) -> JudgeFn:
+    """POST {base_url}/chat/completions per prompt (temperature 0, top_p 0.9 as SAKURA's official judge)."""
+    if not cfg.base_url:
+        raise ValueError("params.evaluate.judge.base_url is null; set it to the endpoint (e.g. https://api.openai.com/v1)"
+                         " or use judge.kind: local")
+    key = os.environ.get(cfg.api_key_env)
+    if not key:
+        raise ValueError(f"params.evaluate.judge: the environment variable {cfg.api_key_env} is empty; export the "
+                         "endpoint's API key there (it is never written to params or logs)")
+    url = cfg.base_url.rstrip("/") + "/chat/completions"
+
+    def call(system: str, user: str) -> str:
+        body = {"model": cfg.model, "temperature": cfg.temperature, "top_p": cfg.top_p,
+                "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
+        req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+                return json.loads(resp.read())["choices"][0]["message"]["content"]
+        except (urllib.error.URLError, KeyError, json.JSONDecodeError) as err:
+            raise RuntimeError(f"judge endpoint {url} (model {cfg.model}) failed: {err}") from None
+
+    return lambda prompts: [call(s, u) for s, u in prompts]
+
+
+def make_judge(params: Params) -> JudgeFn:
+    cfg = params.evaluate.judge
+    if cfg.kind == "openai":
+        return openai_judge(cfg)
+    return local_judge(cfg.model, params.model_cache_dir(), cfg.max_new_tokens, params.evaluate.batch_size)

@@ -1,0 +1,150 @@
+"""`desta evaluate` (DVC stage "evaluate"): run params.evaluate.tasks through the generic loop and write
+<paths.eval>/metrics.json (DVC metrics), predictions/<task>.jsonl (one scored record per item),
+plots/accuracy_by_slice.csv (DVC plots) and the same metrics to MLflow.
+
+Generators: "model" = the trained DeSTA2.5 composite (params.evaluate.model or paths.model; an untrained connector
+when no checkpoint exists, with a warning), "backbone" = its own LLM answering text only.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from desta.config import Params
+from desta.evaluate.loop import GenerateFn, Task, run_task
+from desta.tracking import stage_run
+
+log = logging.getLogger(__name__)
+JUDGED = ("sakura", "dynamic_superb", "speech_ifeval")
+
+
+def build_tasks(params: Params, judge_fn=None) -> list[Task]:
+    """Task objects for params.evaluate.tasks (imports only the tasks asked for)."""
+    cfg, root = params.evaluate, params.paths.benchmarks_root
+    tasks: list[Task] = []
+    for name in cfg.tasks:
+        if name == "heldout":
+            from desta.evaluate.tasks.heldout import HeldoutTask
+
+            tasks.append(HeldoutTask(params.paths.manifests, cfg.seed, cfg.heldout_max_per_attribute,
+                                     cfg.heldout_asr_items, cfg.heldout_ifeval_items))
+        elif name == "retention":
+            from desta.evaluate.tasks.retention import RetentionTask
+
+            tasks.append(RetentionTask(cfg.retention_items))
+        elif name == "mmau":
+            from desta.evaluate.tasks.mmau import MMAUTask
+
+            tasks.append(MMAUTask(root))
+        elif name == "voicebench":
+            from desta.evaluate.tasks.voicebench import VoiceBenchTask
+
+            tasks.append(VoiceBenchTask(root, cfg.voicebench_subsets))
+        elif name == "speech_ifeval":
+            from desta.evaluate.tasks.speech_ifeval import SpeechIFEvalTask
+
+            tasks.append(SpeechIFEvalTask(root, judge_fn))
+        elif name == "sakura":
+            from desta.evaluate.tasks.sakura import SakuraTask
+
+            tasks.append(SakuraTask(root, judge_fn, cfg.sakura_tracks))
+        elif name == "dynamic_superb":
+            from desta.evaluate.tasks.dynamic_superb import DynamicSuperbTask
+
+            tasks.append(DynamicSuperbTask(root, judge_fn, cfg.dynamic_superb_tasks))
+    return tasks
+
+
+def load_model(params: Params):
+    """The trained composite, or (no checkpoint yet) the backbones with a freshly initialised connector."""
+    from desta.models.audio_llm import DeSTA25AudioModel, is_checkpoint
+
+    path = Path(params.evaluate.model or params.paths.model)
+    if is_checkpoint(path):
+        return DeSTA25AudioModel.from_pretrained(path, params.model_cache_dir()).eval()
+    log.warning("%s holds no trained model (desta_config.json); evaluating an UNTRAINED connector. Run `desta "
+                "train` first, or set evaluate.model", path)
+    return DeSTA25AudioModel.from_params(params.model, params.model_cache_dir(), seed=params.evaluate.seed).eval()
+
+
+def make_generators(params: Params) -> dict[str, Any]:
+    """name -> factory(max_new_tokens) -> GenerateFn; the model loads once, on first use."""
+    from desta.evaluate.judge import chat_generate_fn
+
+    model = functools.cache(lambda: load_model(params))
+    bs = params.evaluate.batch_size
+
+    @functools.cache
+    def backbone():
+        if params.model.lora.enabled:  # LoRA changes the LLM: the reference must be the untouched backbone
+            from desta.models.store import load_llm
+
+            return load_llm(params.model.llm, params.model_cache_dir())
+        return model().language_model, model().tokenizer
+
+    def model_fn(max_new_tokens: int) -> GenerateFn:
+        return lambda convs: [r.text for r in model().generate(convs, max_new_tokens=max_new_tokens, batch_size=bs)]
+
+    def backbone_fn(max_new_tokens: int) -> GenerateFn:
+        return lambda convs: chat_generate_fn(*backbone(), max_new_tokens, bs)(convs)
+
+    return {"model": model_fn, "backbone": backbone_fn}
+
+
+def write_outputs(out_dir: Path, metrics: dict[str, float], records: dict[str, list[dict]]) -> None:
+    (out_dir / "predictions").mkdir(parents=True, exist_ok=True)
+    (out_dir / "plots").mkdir(parents=True, exist_ok=True)
+    for task, recs in records.items():
+        with open(out_dir / "predictions" / f"{task}.jsonl", "w", encoding="utf-8") as fh:
+            for r in recs:
+                fh.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+    (out_dir / "metrics.json").write_text(json.dumps(dict(sorted(metrics.items())), indent=2) + "\n")
+    with open(out_dir / "plots" / "accuracy_by_slice.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["slice", "accuracy", "chance"])
+        for k, v in sorted(metrics.items()):
+            parts = k.split("/")
+            if len(parts) == 3 and parts[2] == "accuracy":
+                w.writerow([f"{parts[0]}/{parts[1]}", round(v, 4), metrics.get(f"{parts[0]}/{parts[1]}/chance", "")])
+
+
+def summary_table(metrics: dict[str, float]) -> str:
+    """Markdown table; multiple-choice accuracies carry their chance level alongside."""
+    lines = ["| metric | value | chance |", "|---|---|---|"]
+    for k, v in sorted(metrics.items()):
+        if k.endswith("/chance") or k.endswith("/n_items"):
+            continue
+        chance = metrics.get(k.rsplit("/", 1)[0] + "/chance") if k.endswith("accuracy") else None
+        lines.append(f"| {k} | {v:.4f} | {'' if chance is None else f'{chance:.4f}'} |")
+    return "\n".join(lines)
+
+
+def run_evaluate(params: Params) -> dict[str, Any]:
+    cfg, out_dir = params.evaluate, Path(params.paths.eval)
+    judge_fn = None
+    if any(t in JUDGED for t in cfg.tasks):
+        from desta.evaluate.judge import make_judge
+
+        judge_fn = make_judge(params)
+    tasks = build_tasks(params, judge_fn)
+    gens = make_generators(params)
+    metrics: dict[str, float] = {}
+    records: dict[str, list[dict]] = {}
+    with stage_run(params, "evaluate", cfg) as tracker:
+        for task in tasks:
+            n_tokens = task.max_new_tokens or cfg.max_new_tokens
+            m, recs = run_task(task, {k: f(n_tokens) for k, f in gens.items()}, cfg.batch_size, cfg.max_items)
+            metrics.update(m)
+            records[task.name] = recs
+        write_outputs(out_dir, metrics, records)
+        tracker.log_metrics(metrics)
+        tracker.log_artifact(out_dir, "eval")
+    table = summary_table(metrics)
+    print(table)
+    return {"metrics": str(out_dir / "metrics.json"), "tasks": [t.name for t in tasks], "n_metrics": len(metrics),
+            "run_id": tracker.run_id, **{k: v for k, v in metrics.items() if k.count("/") == 1}}

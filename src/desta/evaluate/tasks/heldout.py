@@ -1,0 +1,159 @@
+"""Offline held-out benchmark built from the manifest's test split (`desta evaluate`, task "heldout").
+
+Three kinds of items, built deterministically from ground-truth metadata (attributes a clip lacks are skipped):
+  mcq     multiple choice on gender, accent, speaking speed, pitch, emotion, sound class, music instrument / key /
+          mode / tempo, and SNR; options = the answer + up to 3 other values seen in the manifest; scored with
+          MMAU's string match after stripping "The correct answer is:"; chance level reported beside each score
+  asr     "Transcribe the speech" on clips with a transcript; corpus WER (jiwer)
+  ifeval  describe the audio under one IFEval constraint (data/instructions.json); following rate
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from desta.data.manifest import Clip, iter_clips, read_table
+from desta.evaluate import ifeval_checks, scorers
+from desta.evaluate.loop import Item, Task
+from desta.evaluate.tasks.common import DESTA_SYSTEM, MCQ_SYSTEM, audio_conversation, duration_bucket, mcq_prompt
+
+
+def _tempo(bpm: float | None) -> str | None:
+    return None if bpm is None else "slow" if bpm < 95 else "moderate" if bpm < 125 else "fast"
+
+
+def _snr(db: float | None) -> str | None:
+    return None if db is None else f"about {round(db):d} dB"
+
+
+def _sound(c: Clip) -> str | None:
+    if c.background:
+        return c.background
+    return c.sound_labels[0] if c.domain == "sound" and c.sound_labels else None
+
+
+# attribute -> (question, value of a clip or None)
+ATTRIBUTES: dict[str, tuple[str, Callable[[Clip], str | None]]] = {
+    "gender": ("What is the gender of the speaker?", lambda c: c.gender),
+    "accent": ("What accent does the speaker have?", lambda c: c.accent),
+    "speaking_speed": ("How fast is the person speaking?", lambda c: c.speaking_speed),
+    "pitch": ("How would you describe the pitch of the speaker's voice?", lambda c: c.pitch),
+    "emotion": ("What emotion does the speaker express?", lambda c: c.emotion),
+    "sound_class": ("Which sound can be heard in the audio?", _sound),
+    "music_instrument": ("Which instrument is playing?", lambda c: c.music_instrument),
+    "music_key": ("What is the key of the music?", lambda c: c.music_key),
+    "music_mode": ("Is the music in a major or a minor mode?", lambda c: c.music_mode),
+    "music_tempo": ("What is the tempo of the music?", lambda c: _tempo(c.music_tempo_bpm)),
+    "snr": ("How loud is the background noise relative to the speech (signal-to-noise ratio)?",
+            lambda c: _snr(c.snr_db) if c.background else None),
+}
+
+
+def _rng(*parts: Any) -> np.random.Generator:
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def load_instructions() -> dict[str, Any]:
+    return json.loads(resources.files("desta.evaluate.data").joinpath("instructions.json").read_text())
+
+
+class HeldoutTask(Task):
+    name = "heldout"
+    group_key = "attribute"
+
+    def __init__(self, manifest_dir: str | Path, seed: int = 0, max_per_attribute: int | None = 20,
+                 n_asr: int = 16, n_ifeval: int = 8):
+        self.manifest_dir, self.seed = Path(manifest_dir), seed
+        self.max_per_attribute, self.n_asr, self.n_ifeval = max_per_attribute, n_asr, n_ifeval
+
+    def vocabularies(self) -> dict[str, list[str]]:
+        """Every value each attribute takes anywhere in the manifest (the option pool), sorted."""
+        cols = ["gender", "accent", "speaking_speed", "pitch", "emotion", "sound_labels", "background", "domain",
+                "music_instrument", "music_key", "music_mode", "music_tempo_bpm", "snr_db"]
+        names = set(read_table(self.manifest_dir).column_names)
+        rows = read_table(self.manifest_dir, columns=[c for c in cols if c in names]).to_pylist()
+        clips = [Clip(id="v", audio="", duration=0.0, sample_rate=0, channels=1, source="", **r) for r in rows]
+        return {a: sorted({v for c in clips if (v := fn(c)) is not None}) for a, (_, fn) in ATTRIBUTES.items()}
+
+    def items(self) -> list[Item]:
+        clips = sorted(iter_clips(self.manifest_dir, splits=["test"]), key=lambda c: c.id)
+        if not clips:
+            raise ValueError(f"{self.manifest_dir}: the manifest has no test-split clips; the held-out benchmark "
+                             "needs prepare.test_fraction > 0")
+        return self._mcq(clips) + self._asr(clips) + self._ifeval(clips)
+
+    def _mcq(self, clips: list[Clip]) -> list[Item]:
+        vocab, items = self.vocabularies(), []
+        for attr, (question, fn) in ATTRIBUTES.items():
+            made = 0
+            for c in clips:
+                answer = fn(c)
+                others = [v for v in vocab[attr] if v != answer]
+                if answer is None or not others or (self.max_per_attribute and made >= self.max_per_attribute):
+                    continue
+                rng = _rng(self.seed, c.id, attr)
+                distractors = [others[i] for i in rng.permutation(len(others))[:3]]
+                choices = [str(x) for x in rng.permutation([answer, *distractors])]
+                conv = audio_conversation(c.audio, mcq_prompt(question, choices), MCQ_SYSTEM)
+                items.append(Item(f"{c.id}#{attr}", conv, {"kind": "mcq", "answer": answer, "choices": choices},
+                                  _slices(c, attribute=attr)))
+                made += 1
+        return items
+
+    def _asr(self, clips: list[Clip]) -> list[Item]:
+        speech = [c for c in clips if c.transcript][: self.n_asr]
+        prompt = "Transcribe the speech in the audio. Respond directly without any other words."
+        return [Item(f"{c.id}#asr", audio_conversation(c.audio, prompt, DESTA_SYSTEM),
+                     {"kind": "asr", "transcript": c.transcript}, _slices(c, attribute="transcription"))
+                for c in speech]
+
+    def _ifeval(self, clips: list[Clip]) -> list[Item]:
+        spec, items = load_instructions(), []
+        for k, c in enumerate(clips[: self.n_ifeval]):
+            cons = spec["constraints"][k % len(spec["constraints"])]
+            text = f"{spec['audio_requests'][k % len(spec['audio_requests'])]} {cons['text']}"
+            items.append(Item(f"{c.id}#if", audio_conversation(c.audio, text, DESTA_SYSTEM),
+                              {"kind": "ifeval", "instruction_id_list": [cons["id"]], "kwargs": [cons["kwargs"]],
+                               "prompt": text}, _slices(c, attribute="instruction_following")))
+        return items
+
+    def score(self, item: Item, prediction: str) -> dict[str, Any]:
+        ref = item.reference
+        if ref["kind"] == "mcq":
+            hit = scorers.mmau_string_match(ref["answer"], scorers.strip_answer_prefix(prediction), ref["choices"])
+            return {"correct": float(hit), "n_options": len(ref["choices"])}
+        if ref["kind"] == "ifeval":
+            return {"followed": float(all(ifeval_checks.check(prediction, ref["instruction_id_list"], ref["kwargs"],
+                                                              ref["prompt"])))}
+        return {}
+
+    def aggregate(self, records: list[dict[str, Any]]) -> dict[str, float]:
+        mcq = [r for r in records if r["reference"]["kind"] == "mcq"]
+        out = super().aggregate(mcq) if mcq else {}
+        out["chance"] = scorers.chance_level([r["n_options"] for r in mcq])
+        for attr in sorted({r["slices"]["attribute"] for r in mcq}):
+            out[f"{attr}/chance"] = scorers.chance_level([r["n_options"] for r in mcq
+                                                          if r["slices"]["attribute"] == attr])
+        asr = [r for r in records if r["reference"]["kind"] == "asr"]
+        if asr:
+            out["wer"] = scorers.wer([r["reference"]["transcript"] for r in asr], [r["prediction"] for r in asr])
+        follow = [r["followed"] for r in records if r["reference"]["kind"] == "ifeval"]
+        if follow:
+            out["ifeval_following_rate"] = scorers.mean(follow)
+        return out
+
+
+def _slices(c: Clip, **extra: str) -> dict[str, str]:
+    out = {"domain": c.domain, **extra}
+    bucket = duration_bucket(c.duration)
+    if bucket:
+        out["duration"] = bucket
+    return out

@@ -1,0 +1,182 @@
+"""Model registry: the trained model as an MLflow pyfunc, its registration, and the `champion` alias.
+
+Run: `desta register` (the pipeline's last stage; `dvc repro register`). Logs `paths.model` as a pyfunc whose
+`predict` takes a DataFrame with columns `audio` (a file path or base64-encoded WAV/FLAC bytes) and `instruction`
+and returns one `answer` per row, so `mlflow models serve -m models:/desta-audio@champion --env-manager local`
+answers audio + instruction requests. The alias `champion` moves only when `tracking.champion_metric` in
+`<paths.eval>/metrics.json` beats the current champion's value. Writes `<paths.eval>/registry.json` (the DVC out).
+The frozen backbones are not copied into the model: they are resolved from the offline model store on load
+(the checkpoint records their hashes and refuses mismatching ones).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from desta.config import Params
+from desta.tracking import numeric_metrics, stage_run
+
+log = logging.getLogger(__name__)
+
+ALIAS = "champion"
+MODEL_ARTIFACT = "model"
+
+
+class RegistryError(ValueError):
+    """Missing model or metrics, or a champion metric that evaluation did not produce."""
+
+
+def _audio_to_path(value: str, tmp: Path, i: int) -> str:
+    """A path is used as is; anything else must be base64 audio bytes (written to a temp file)."""
+    if Path(value).is_file():
+        return value
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise RegistryError(f"row {i}: column `audio` is neither an existing file path nor base64 audio bytes "
+                            f"(got {value[:60]!r}); send a server-side path or base64 of a WAV/FLAC file") from None
+    path = tmp / f"audio-{i}.bin"
+    path.write_bytes(data)
+    return str(path)
+
+
+def _pyfunc_class():
+    """Defined lazily so `import desta.registry` does not import mlflow."""
+    import mlflow.pyfunc
+
+    class DestaAudioPyfunc(mlflow.pyfunc.PythonModel):
+        """Input: DataFrame[audio: str, instruction: str]; output: DataFrame[answer: str]."""
+
+        max_new_tokens = 128
+
+        def load_context(self, context) -> None:
+            from desta.models.audio_llm import DeSTA25AudioModel
+
+            self.model = DeSTA25AudioModel.from_pretrained(context.artifacts["model_dir"])
+            self.model.eval()
+            self.system = self.model.config.system_prompt
+
+        def predict(self, context, model_input, params: dict[str, Any] | None = None):
+            import pandas as pd
+
+            frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+            missing = {"audio", "instruction"} - set(frame.columns)
+            if missing:
+                raise RegistryError(f"request is missing column(s) {sorted(missing)}; send columns audio, instruction")
+            max_new = int((params or {}).get("max_new_tokens", self.max_new_tokens))
+            with tempfile.TemporaryDirectory(prefix="desta-serve-") as tmp:
+                convs = [[{"role": "system", "content": self.system},
+                          {"role": "user", "content": f"<|AUDIO|>\n{row.instruction}",
+                           "audios": [{"audio": _audio_to_path(str(row.audio), Path(tmp), i), "text": None}]}]
+                         for i, row in enumerate(frame.itertuples(index=False))]
+                results = self.model.generate(convs, max_new_tokens=max_new)
+            return pd.DataFrame({"answer": [r.text for r in results]})
+
+    return DestaAudioPyfunc
+
+
+def signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(inputs=Schema([ColSpec("string", "audio"), ColSpec("string", "instruction")]),
+                          outputs=Schema([ColSpec("string", "answer")]),
+                          params=ParamSchema([ParamSpec("max_new_tokens", "long", 128)]))
+
+
+def read_metric(metrics_file: Path, name: str) -> float:
+    """`heldout/accuracy` (or `heldout.accuracy`) from a nested or flat metrics.json."""
+    if not metrics_file.is_file():
+        raise RegistryError(f"{metrics_file}: not found; run `desta evaluate` first")
+    flat = numeric_metrics(json.loads(metrics_file.read_text()))
+    key = name.replace(".", "/")
+    if key not in flat:
+        raise RegistryError(f"{metrics_file}: no metric {name!r} (params.yaml tracking.champion_metric); "
+                            f"available: {', '.join(sorted(flat)) or 'none'}")
+    return flat[key]
+
+
+def is_better(new: float, old: float | None, greater_is_better: bool) -> bool:
+    return old is None or (new > old if greater_is_better else new < old)
+
+
+def champion_value(client, name: str, metric: str) -> tuple[str | None, float | None]:
+    """(version, metric value) of the current champion, or (None, None) when there is none yet."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version_by_alias(name, ALIAS)
+    except MlflowException:
+        return None, None
+    value = client.get_run(mv.run_id).data.metrics.get(metric)
+    return mv.version, value
+
+
+def model_hashes(model_dir: Path) -> dict[str, str]:
+    """Backbone hashes recorded by save_pretrained + sha256 of the trainable weights file(s)."""
+    import hashlib
+
+    out: dict[str, str] = {}
+    for cfg in model_dir.glob("*.json"):
+        try:
+            data = json.loads(cfg.read_text())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(data, dict):
+            out.update({k: str(v) for k, v in data.items() if k.endswith("_hash")})
+    for w in sorted(model_dir.glob("*.safetensors")):
+        out[f"sha256:{w.name}"] = hashlib.sha256(w.read_bytes()).hexdigest()
+    return out
+
+
+def register_model(params: Params) -> dict[str, Any]:
+    """Stage entry: log the pyfunc, register a new version, move `champion` only if the metric beats it."""
+    cfg, model_dir = params.tracking, Path(params.evaluate.model or params.paths.model)
+    out_file = Path(params.paths.eval) / "registry.json"
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    if not cfg.enabled:
+        result = {"registered": False, "reason": "tracking.enabled is false"}
+        out_file.write_text(json.dumps(result, indent=2) + "\n")
+        return result
+    from desta.models.audio_llm import is_checkpoint
+
+    if not is_checkpoint(model_dir):
+        raise RegistryError(f"{model_dir}: no trained model (save_pretrained output); run `desta train` first")
+    value = read_metric(Path(params.paths.eval) / "metrics.json", cfg.champion_metric)
+    with stage_run(params, "register", cfg) as tracker:
+        result = _log_and_register(params, tracker, model_dir, value)
+    out_file.write_text(json.dumps(result, indent=2) + "\n")
+    log.info("registered %s v%s; champion %s", result["model"], result["version"],
+             "moved" if result["promoted"] else f"stays v{result['previous_champion']}")
+    return result
+
+
+def _log_and_register(params: Params, tracker, model_dir: Path, value: float) -> dict[str, Any]:
+    import mlflow
+    from mlflow import MlflowClient
+
+    cfg, metric = params.tracking, params.tracking.champion_metric.replace(".", "/")
+    hashes = model_hashes(model_dir)
+    tracker.log_metrics({metric: value})
+    tracker.set_tags({f"desta.model_hash.{k}": v for k, v in hashes.items()})
+    info = mlflow.pyfunc.log_model(
+        name=MODEL_ARTIFACT, python_model=_pyfunc_class()(), artifacts={"model_dir": str(model_dir)},
+        signature=signature(), pip_requirements=["desta", "torch==2.13.0", "transformers>=5.24,<6", "pandas"],
+        metadata={"model_hashes": hashes, "champion_metric": metric, "value": value})
+    client = MlflowClient()
+    prev_version, prev_value = champion_value(client, cfg.registered_model, metric)
+    mv = mlflow.register_model(info.model_uri, cfg.registered_model)
+    promoted = is_better(value, prev_value, cfg.champion_greater_is_better)
+    if promoted:
+        client.set_registered_model_alias(cfg.registered_model, ALIAS, mv.version)
+    client.set_model_version_tag(cfg.registered_model, mv.version, metric, str(value))
+    return {"model": cfg.registered_model, "version": int(mv.version), "run_id": tracker.run_id,
+            "model_uri": f"models:/{cfg.registered_model}/{mv.version}", "metric": metric, "value": value,
+            "previous_champion": prev_version, "previous_value": prev_value, "promoted": promoted,
+            "champion_uri": f"models:/{cfg.registered_model}@{ALIAS}"}

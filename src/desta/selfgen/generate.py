@@ -1,0 +1,175 @@
+"""`desta generate` (DVC stage `generate`): the backbone LLM writes the training targets from seed descriptions.
+
+For every clip of `generate.splits`: seed description (describe.py) + `prompts_per_clip` prompts (prompts.py) ->
+the generator answers each with its chat template -> one record per (clip, prompt) (records.py). Output:
+`<paths.generated>/shard-NNNNN.jsonl` plus `generate.json` (fingerprint, per-shard counts). Resumable: finished
+shards are skipped; an interrupted shard keeps its flushed batches in `shard-NNNNN.jsonl.partial` and resumes after
+them (a SIGKILL loses at most the in-flight batch, never duplicates). Shards are a fixed function of the plan, so
+any worker count gives the same shards. See docs/selfgen.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from desta.config import Params
+from desta.data.manifest import Clip, iter_clips
+from desta.selfgen.describe import seed_description
+from desta.selfgen.engine import Job, run_shards
+from desta.selfgen.prompts import Prompt, load_pool, sample_prompts
+from desta.selfgen.records import (
+    PARTIAL_SUFFIX,
+    STATE_FILE,
+    build_record,
+    generator_user_message,
+    shard_path,
+    write_state,
+)
+
+log = logging.getLogger(__name__)
+
+RECORD_FORMAT = 1  # bump when build_record changes: existing shards become stale
+
+
+@dataclass(frozen=True)
+class Item:
+    """One (clip, prompt) to answer; k is the prompt's index for this clip (record id `<clip_id>#<k>`)."""
+
+    clip: Clip
+    k: int
+    prompt: Prompt
+    seed_description: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.clip.id}#{self.k}"
+
+
+class GeneratorMismatch(RuntimeError):
+    """generate.generator is not the model's backbone and the ablation switch is off."""
+
+
+def resolve_generator(params: Params) -> tuple[str, Path, str]:
+    """(reference, local dir, content hash) of the generator; refuses a non-backbone generator unless the paper's
+    ablation (generate.allow_different_generator) is switched on."""
+    from desta.models.store import model_hash, resolve
+
+    g, backbone = params.generate, params.model.llm
+    ref = g.generator or backbone
+    path = resolve(ref, params.model_cache_dir())
+    digest = model_hash(path)
+    if ref != backbone and not g.allow_different_generator:
+        backbone_hash = model_hash(resolve(backbone, params.model_cache_dir()))
+        if backbone_hash != digest:
+            raise GeneratorMismatch(
+                f"params.yaml: generate.generator={ref!r} differs from the model's backbone model.llm={backbone!r}; "
+                f"DeSTA self-generation uses the backbone. Set generate.generator: null, or set "
+                f"generate.allow_different_generator: true to run the different-generator ablation")
+    return ref, path, digest
+
+
+def plan(params: Params) -> list[Item]:
+    """All (clip, prompt) items in a stable order: clips by id, then prompt index. Independent of manifest sharding."""
+    g = params.generate
+    pool = load_pool()
+    clips = sorted(iter_clips(params.paths.manifests, splits=g.splits), key=lambda c: c.id)
+    if g.max_clips:
+        clips = clips[:g.max_clips]
+    if not clips:
+        raise ValueError(f"{params.paths.manifests}: no clips in splits {g.splits} (params.yaml generate.splits)")
+    items = []
+    for clip in clips:
+        desc = seed_description(clip)
+        items += [Item(clip, k, p, desc) for k, p in enumerate(sample_prompts(pool, clip, g.prompts_per_clip, g.seed))]
+    return items
+
+
+def shard_plan(items: list[Item], shard_size: int) -> list[list[Item]]:
+    return [items[i:i + shard_size] for i in range(0, len(items), shard_size)]
+
+
+def provenance(params: Params, ref: str, digest: str) -> dict[str, Any]:
+    """The fields every record of the run carries: who generated it, how, and with which seed."""
+    g = params.generate
+    gen_params = {"max_new_tokens": g.max_new_tokens, "do_sample": g.do_sample, "backend": g.backend,
+                  "system_prompt": g.system_prompt, "prompt_pool": load_pool().version, "dtype": g.dtype}
+    if g.do_sample:
+        gen_params |= {"temperature": g.temperature, "top_p": g.top_p}
+    return {"generator": ref, "generator_hash": digest, "gen_params": gen_params, "seed": g.seed}
+
+
+def fingerprint(prov: dict[str, Any], shards: list[list[Item]]) -> str:
+    """Hash of everything that decides the records: provenance, record format and the exact shard contents."""
+    h = hashlib.sha256(json.dumps({"prov": prov, "format": RECORD_FORMAT}, sort_keys=True).encode())
+    for shard in shards:
+        for it in shard:
+            h.update(f"{it.id}\t{it.prompt.id}\t{it.clip.split}\t{it.clip.audio}\t{it.seed_description}\n".encode())
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def messages_for(item: Item, system_prompt: str) -> list[dict[str, str]]:
+    """The generator's chat: its system prompt, then the seed description standing in for the audio + the prompt."""
+    return [{"role": "system", "content": system_prompt},
+            {"role": "user", "content": generator_user_message(item.seed_description, item.prompt.text)}]
+
+
+def job_for(item: Item, prov: dict[str, Any], system_prompt: str) -> Job:
+    """What a worker needs: the id, the generator's chat, and the record with its response still empty."""
+    stub = build_record(item.clip, item.k, item.seed_description, item.prompt, "", prov)
+    return Job(item.id, messages_for(item, system_prompt), stub)
+
+
+def _prepare_out_dir(out: Path, fp: str, n_shards: int) -> dict[str, Any]:
+    """Load the state file; when the fingerprint changed, delete the now-stale shards (ours only) and start over."""
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / STATE_FILE
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    if state.get("fingerprint") != fp:
+        stale = sorted(out.glob("shard-*.jsonl")) + sorted(out.glob(f"shard-*.jsonl{PARTIAL_SUFFIX}"))
+        if stale:
+            log.warning("%s: settings, generator or clips changed; removing %d stale shard file(s)", out, len(stale))
+        for p in stale:
+            p.unlink()
+        state = {"fingerprint": fp, "n_shards": n_shards, "shards": {}}
+        write_state(out, state)
+    return state
+
+
+def run_generate(params: Params) -> dict[str, Any]:
+    """Stage entry: generate (or, with generate.import_aqa set, import) the training set. Returns a summary."""
+    from desta.tracking import stage_run
+
+    g = params.generate
+    if g.import_aqa:
+        from desta.selfgen.aqa_import import import_aqa
+
+        return import_aqa(params, Path(g.import_aqa), data_root=None)
+    ref, model_dir, digest = resolve_generator(params)
+    prov = provenance(params, ref, digest)
+    shards = shard_plan(plan(params), g.shard_size)
+    out = Path(params.paths.generated)
+    state = _prepare_out_dir(out, fingerprint(prov, shards), len(shards))
+    todo = [i for i in range(len(shards)) if not shard_path(out, i).is_file()]
+    log.info("generate: %d records in %d shards (%d to do) with %s [%s]", sum(map(len, shards)), len(shards),
+             len(todo), ref, digest[:19])
+    with stage_run(params, "generate", g) as tracker:
+        t0 = time.perf_counter()
+        jobs = {i: [job_for(it, prov, g.system_prompt) for it in shards[i]] for i in todo}
+        stats = run_shards(g, str(model_dir), jobs, out, state)
+        elapsed = time.perf_counter() - t0
+        summary = {"records": sum(map(len, shards)), "shards": len(shards), "shards_generated": len(todo),
+                   "generated_records": stats["records"], "new_tokens": stats["tokens"],
+                   "seconds": round(elapsed, 1), "tokens_per_s": round(stats["tokens"] / elapsed, 1) if todo else 0.0,
+                   "generator": ref, "generator_hash": digest, "out": str(out), "workers": g.workers}
+        state["summary"] = summary
+        write_state(out, state)
+        tracker.log_metrics({k: summary[k] for k in ("records", "generated_records", "new_tokens", "tokens_per_s")})
+        tracker.log_artifact(out / STATE_FILE)
+    return summary

@@ -1,0 +1,99 @@
+"""The instruction pool (data/prompts.jsonl, built by build_pool.py) and deterministic per-clip prompt sampling.
+
+Used by `desta generate`. `sample_prompts(clip, k, seed)` depends only on (seed, clip id, pool), so the prompts a clip
+gets are the same whatever the order, sharding or worker count of the run. Every sample keeps its prompt id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from desta.data.manifest import DOMAINS, Clip
+from desta.selfgen.build_pool import POOL_PATH
+from desta.selfgen.describe import has_speech_text
+
+NEEDS_SPEECH_TEXT = {"transcription"}  # categories that only make sense when the clip has words
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    category: str
+    domains: tuple[str, ...]
+    text: str
+
+
+@dataclass(frozen=True)
+class PromptPool:
+    prompts: tuple[Prompt, ...]
+    version: str  # sha256 (12 hex) of the pool file: recorded with every generated set
+
+    def by_category(self, domain: str) -> dict[str, list[Prompt]]:
+        out: dict[str, list[Prompt]] = {}
+        for p in self.prompts:
+            if domain in p.domains:
+                out.setdefault(p.category, []).append(p)
+        return out
+
+    @property
+    def categories(self) -> list[str]:
+        return sorted({p.category for p in self.prompts})
+
+
+def _parse_line(path: Path, lineno: int, line: str) -> Prompt:
+    try:
+        row = json.loads(line)
+        prompt = Prompt(str(row["id"]), str(row["category"]), tuple(row["domains"]), str(row["text"]).strip())
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}:{lineno}: bad prompt line ({err}); each line needs id, category, domains, "
+                         f"text; rebuild with `python -m desta.selfgen.build_pool`") from None
+    bad = set(prompt.domains) - set(DOMAINS)
+    if not prompt.text or not prompt.domains or bad:
+        raise ValueError(f"{path}:{lineno}: prompt {prompt.id}: empty text/domains or unknown domain(s) {bad}; "
+                         f"domains must be among {DOMAINS}")
+    return prompt
+
+
+@lru_cache(maxsize=4)
+def load_pool(path: str | Path = POOL_PATH) -> PromptPool:
+    """Read and check the pool: unique ids and texts, known domains. Cached per path."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: prompt pool missing; rebuild with `python -m desta.selfgen.build_pool`")
+    raw = path.read_bytes()
+    prompts = [_parse_line(path, i, ln) for i, ln in enumerate(raw.decode().splitlines(), 1) if ln.strip()]
+    for attr in ("id", "text"):
+        values = [getattr(p, attr) for p in prompts]
+        if len(set(values)) != len(values):
+            raise ValueError(f"{path}: duplicate prompt {attr}s; rebuild with `python -m desta.selfgen.build_pool`")
+    return PromptPool(tuple(prompts), hashlib.sha256(raw).hexdigest()[:12])
+
+
+def applicable(pool: PromptPool, clip: Clip) -> dict[str, list[Prompt]]:
+    """Prompts usable for this clip, by category: its domain's prompts, minus transcription when it has no words."""
+    cats = pool.by_category(clip.domain)
+    if not has_speech_text(clip):
+        cats = {c: ps for c, ps in cats.items() if c not in NEEDS_SPEECH_TEXT}
+    return cats
+
+
+def sample_prompts(pool: PromptPool, clip: Clip, k: int, seed: int) -> list[Prompt]:
+    """k distinct prompts for a clip: k distinct categories first (uniform), then one prompt in each.
+
+    When k exceeds the number of categories the remaining prompts are drawn from all applicable ones. Deterministic
+    in (seed, clip.id, pool): the RNG is seeded from a string, which Python hashes with SHA-512 (stable).
+    """
+    cats = applicable(pool, clip)
+    if not cats:
+        raise ValueError(f"clip {clip.id}: no prompt in the pool applies to domain {clip.domain!r}")
+    rng = random.Random(f"desta-prompts:{seed}:{clip.id}")
+    chosen_cats = rng.sample(sorted(cats), min(k, len(cats)))
+    picked = [rng.choice(cats[c]) for c in chosen_cats]
+    rest = [p for c in sorted(cats) for p in cats[c] if p not in picked]
+    picked += rng.sample(rest, min(k - len(picked), len(rest)))
+    return picked

@@ -1,0 +1,112 @@
+"""The generated-set record (DeSTA-AQA5M fields + provenance), its shard files, and the reader train/evaluate use.
+
+Written by `desta generate` and `desta import-aqa`; read by validate, train and evaluate via `read_records`.
+One JSON object per line in `<paths.generated>/shard-00000.jsonl`, ...:
+  id "<clip_id>#<k>", dataset, seed_description, prompt, response, messages (system + user with `audios`),
+  clip_id, audio, split, domain, prompt_id, prompt_category, generator, generator_hash, gen_params, seed.
+Only finished shards (`shard-*.jsonl`) are read; in-flight ones are `shard-*.jsonl.partial`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from desta.data.manifest import Clip
+
+# The training-side system prompt and audio slot of the released data (desta.md, "Training record").
+TRAIN_SYSTEM_PROMPT = "You are a helpful assistant. The audio clips appear between <start_audio> and <end_audio> tags."
+AUDIO_SLOT = "<start_audio><|AUDIO|><end_audio>"
+SHARD_GLOB = "shard-*.jsonl"
+PARTIAL_SUFFIX = ".partial"
+REQUIRED_FIELDS = ("id", "dataset", "seed_description", "prompt", "response", "messages")
+STATE_FILE = "generate.json"  # fingerprint of the run + records per finished shard + summary
+
+
+def shard_path(generated_dir: str | Path, index: int) -> Path:
+    return Path(generated_dir) / f"shard-{index:05d}.jsonl"
+
+
+def record_id(clip_id: str, k: int) -> str:
+    return f"{clip_id}#{k}"
+
+
+def generator_user_message(seed_description: str, prompt: str) -> str:
+    """What the text LLM sees in place of the audio: the seed description, a blank line, then the instruction."""
+    return f"{seed_description}\n\n{prompt}"
+
+
+def training_messages(prompt: str, audio: str, transcript: str | None) -> list[dict[str, Any]]:
+    """The record's `messages`: prompt before the audio slot, as in the released data."""
+    return [
+        {"role": "system", "content": TRAIN_SYSTEM_PROMPT},
+        {"role": "user", "content": f"{prompt} {AUDIO_SLOT}", "audios": [{"audio": audio, "text": transcript}]},
+    ]
+
+
+def transcript_of(clip: Clip) -> str | None:
+    """The text fed after the audio queries at training time: the transcript, else the joined segment texts."""
+    if clip.transcript and clip.transcript.strip():
+        return clip.transcript.strip()
+    texts = [str(s.get("text")).strip() for s in clip.segments or [] if (s.get("text") or "").strip()]
+    return " ".join(texts) or None
+
+
+def build_record(clip: Clip, k: int, seed_description: str, prompt: Any, response: str,
+                 provenance: dict[str, Any]) -> dict[str, Any]:
+    """One record. `prompt` is a desta.selfgen.prompts.Prompt; provenance has generator, generator_hash,
+    gen_params and seed (the same dict for every record of a run)."""
+    return {
+        "id": record_id(clip.id, k),
+        "dataset": clip.source,
+        "seed_description": seed_description,
+        "prompt": prompt.text,
+        "response": response,
+        "messages": training_messages(prompt.text, clip.audio, transcript_of(clip)),
+        "clip_id": clip.id,
+        "audio": clip.audio,
+        "split": clip.split,
+        "domain": clip.domain,
+        "prompt_id": prompt.id,
+        "prompt_category": prompt.category,
+        **provenance,
+    }
+
+
+def write_state(generated_dir: str | Path, state: dict[str, Any]) -> None:
+    """Atomically replace `<generated>/generate.json` (tmp + rename; a kill never leaves it half-written)."""
+    tmp = Path(generated_dir) / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+    tmp.replace(Path(generated_dir) / STATE_FILE)
+
+
+def finished_shards(generated_dir: str | Path) -> list[Path]:
+    return sorted(Path(generated_dir).glob(SHARD_GLOB))
+
+
+def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Records of one file; a malformed line raises with the file and line number."""
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg}); delete the shard and re-run "
+                                 f"`desta generate` to rebuild it") from None
+
+
+def read_records(generated_dir: str | Path, splits: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Stream the generated set (finished shards in order), optionally only the given splits."""
+    shards = finished_shards(generated_dir)
+    if not shards:
+        raise FileNotFoundError(f"{generated_dir}: no {SHARD_GLOB} files; run `desta generate` (or "
+                                f"`desta import-aqa PATH`) first")
+    wanted = set(splits) if splits else None
+    for path in shards:
+        for rec in iter_jsonl(path):
+            if wanted is None or rec.get("split") in wanted:
+                yield rec

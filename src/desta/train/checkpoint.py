@@ -1,0 +1,165 @@
+"""Checkpoints of `desta train`: trainable tensors + optimizer/scheduler (via the engine), trainer state, RNG per
+rank, and meta.json carrying the settings and model hashes that made them. Resume picks the latest complete one.
+
+Layout: <paths.checkpoints>/step-00000100/{meta.json, trainer_state.json, rng-rank0.pt, trainable.pt, optim.pt | ds/}
+A checkpoint is written into `step-N.tmp` and renamed when complete, so a crash never leaves a half checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# Train keys that do not change the trajectory of losses; a resume may change them freely.
+NON_TRAJECTORY_KEYS = {"eval_every", "save_every", "keep_checkpoints", "num_workers", "log_every",
+                       "max_val_batches", "feature_cache", "resume", "progress"}
+
+
+@dataclass
+class TrainerState:
+    """Where the loop is: optimizer steps done, data position, running figures and the loss curve so far."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches of `epoch` already consumed (per rank)
+    samples: int = 0
+    tokens: int = 0
+    skipped_clips: int = 0
+    step0_val_loss: float | None = None
+    best_val_loss: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)  # rows of step, train_loss, val_loss, lr, ...
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def trajectory_settings(params_dump: dict[str, Any], data_fingerprint: str) -> dict[str, Any]:
+    """The settings a resumed run must share with the checkpoint (model, train minus bookkeeping keys, data)."""
+    train = {k: v for k, v in params_dump["train"].items() if k not in NON_TRAJECTORY_KEYS}
+    return {"model": params_dump["model"], "train": train, "data": data_fingerprint}
+
+
+def tensor_fingerprint(module: nn.Module, frozen_only: bool = True, sample: int = 4096) -> str:
+    """Cheap identity of the (frozen) backbone weights: name, shape, dtype and the first/last `sample` values of
+    every tensor. Detects a different or re-converted model without hashing gigabytes."""
+    h = hashlib.sha256()
+    for name, p in module.named_parameters():
+        if frozen_only and p.requires_grad:
+            continue
+        flat = p.detach().reshape(-1)
+        if flat.numel() == 0:  # ZeRO-3 partitioned placeholders
+            h.update(f"{name}:{tuple(getattr(p, 'ds_shape', p.shape))}".encode())
+            continue
+        head, tail = flat[:sample], flat[-sample:]
+        h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
+        h.update(torch.cat([head, tail]).float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"step-{step:08d}"
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints (those with meta.json), oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step-*") if not p.name.endswith(".tmp") and (p / "meta.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def begin(root: Path, step: int) -> Path:
+    """The temporary dir a checkpoint is written into (all ranks write there)."""
+    tmp = root / f"step-{step:08d}.tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    return tmp
+
+
+def write_rank_state(tmp: Path, rank: int) -> None:
+    torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
+
+
+def finish(tmp: Path, state: TrainerState, meta: dict[str, Any], keep: int) -> Path:
+    """Rank 0: write trainer state + meta, rename tmp -> final, drop the oldest beyond `keep`."""
+    (tmp / "trainer_state.json").write_text(json.dumps(asdict(state), indent=1))
+    (tmp / "meta.json").write_text(json.dumps({**meta, "step": state.step, "created": time.time()}, indent=1))
+    final = tmp.with_name(tmp.name.removesuffix(".tmp"))
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    for old in list_checkpoints(final.parent)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def read_state(ckpt: Path, rank: int) -> TrainerState:
+    """Trainer state + this rank's RNG (restored immediately)."""
+    state = TrainerState(**json.loads((ckpt / "trainer_state.json").read_text()))
+    rng_file = ckpt / f"rng-rank{rank}.pt"
+    if not rng_file.is_file():
+        raise FileNotFoundError(f"{rng_file}: missing; the checkpoint was written by fewer ranks than this run has. "
+                                "Resume with the same world size, or delete the checkpoint dir to start fresh")
+    set_rng_state(torch.load(rng_file, weights_only=False))
+    return state
+
+
+def find_resumable(root: Path, expected: dict[str, Any]) -> Path | None:
+    """The latest checkpoint whose settings hash and model hashes equal `expected`; mismatching ones are moved to
+    <root>/stale/ (kept, never deleted) with a warning saying which setting differs."""
+    ckpts = list_checkpoints(root)
+    if not ckpts:
+        return None
+    latest = ckpts[-1]
+    meta = json.loads((latest / "meta.json").read_text())
+    diffs = [k for k in ("settings_hash", "model_hashes") if meta.get(k) != expected.get(k)]
+    if not diffs:
+        return latest
+    changed = _changed_keys(meta.get("settings", {}), expected.get("settings", {}))
+    stale = root / "stale" / time.strftime("%Y%m%d-%H%M%S")
+    stale.mkdir(parents=True, exist_ok=True)
+    for c in ckpts:
+        c.rename(stale / c.name)
+    log.warning("%s: checkpoints do not match this run (%s differ%s); moved them to %s and starting fresh",
+                root, ", ".join(diffs), f": {', '.join(changed[:8])}" if changed else "", stale)
+    return None
+
+
+def _changed_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _changed_keys(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}")
+    return out

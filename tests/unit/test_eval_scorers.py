@@ -1,0 +1,132 @@
+"""Scorers and IFEval checkers on hand-made items with known scores."""
+
+from __future__ import annotations
+
+import pytest
+
+from desta.evaluate import ifeval_checks, scorers
+
+CHOICES = ["Electric guitar", "Acoustic guitar", "Piano", "Violin"]
+
+
+@pytest.mark.parametrize(("prediction", "expected"), [
+    ("Acoustic guitar", True),
+    ("The answer is the acoustic guitar.", True),  # extra words are fine if none belongs only to a wrong choice
+    ("guitar", False),  # misses "acoustic"
+    ("Acoustic or electric guitar", False),  # "electric" belongs to a wrong choice
+    ("piano", False),
+    ("", False),  # empty prediction is wrong
+    ("ACOUSTIC GUITAR!!", True),  # case and punctuation do not matter
+])
+def test_mmau_string_match_official_rule(prediction, expected):
+    assert scorers.mmau_string_match("Acoustic guitar", prediction, CHOICES) is expected
+
+
+def test_mmau_shared_tokens_between_answer_and_choices_are_allowed():
+    # "guitar" is in the answer, so it is not a wrong-choice token even though "Electric guitar" contains it
+    assert scorers.mmau_string_match("Electric guitar", "electric guitar", CHOICES)
+    assert not scorers.mmau_string_match("Yes", "yes and no", ["Yes", "No"])
+
+
+def test_strip_answer_prefix():
+    assert scorers.strip_answer_prefix('The correct answer is: "Piano"') == "Piano"
+    assert scorers.strip_answer_prefix("Well. the correct answer is: violin") == "violin"
+    assert scorers.strip_answer_prefix("  Violin ") == "Violin"
+
+
+def test_wer_known_values():
+    assert scorers.wer(["the cat sat"], ["the cat sat"]) == 0.0
+    assert scorers.wer(["the cat sat"], ["The cat, sat."]) == 0.0  # normalisation
+    assert scorers.wer(["the cat sat down"], ["the dog sat"]) == pytest.approx(2 / 4)  # 1 sub + 1 del
+    with pytest.raises(ValueError, match="empty"):
+        scorers.wer(["..."], ["x"])
+
+
+def test_refusal_detection():
+    assert scorers.is_refusal("I'm sorry, but I can't help with that.")
+    assert scorers.is_refusal("I’m sorry, I cannot do this")  # typographic apostrophe
+    assert scorers.is_refusal("   ")  # empty counts as refusal
+    assert not scorers.is_refusal("Sure! First, take a tension wrench and insert it.")
+
+
+@pytest.mark.parametrize(("response", "expected"), [
+    ("The answer is B.", "B"),
+    ("Answer: (C) water", "C"),
+    ("C. water is what plants need", "C"),
+    ("I would choose option D", "D"),
+    ("Plants need water to grow.", "C"),  # falls back to the one option text present
+    ("I am not sure.", None),
+])
+def test_extract_choice(response, expected):
+    options = {"A": "darkness", "B": "plastic", "C": "water", "D": "sand"}
+    assert scorers.extract_choice(response, options) == expected
+
+
+@pytest.mark.parametrize(("response", "reference", "expected"), [
+    ("No, that is not plausible.", "no", "no"),
+    ("Yes.", "yes", "yes"),
+    ("The answer is (A).", "(A)", "(A)"),
+    ("b", "(A)", "(B)"),
+    ("Hmm, hard to say.", "no", None),
+])
+def test_extract_bbh(response, reference, expected):
+    assert scorers.extract_bbh(response, reference) == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Explanation: picks (b).\nJudgement: correct", True),
+    ("Explanation: wrong option.\nJudgement: incorrect", False),
+    ("Judgment: **Correct**", True),
+    ("CORRECT", True),
+    ("The answer is correct but also incorrect", None),
+    ("no idea", None),
+    ("Explanation: steps shown.\nResult: YES", True),
+    ("No.", False),
+    ("", None),
+])
+def test_parse_judgement(text, expected):
+    assert scorers.parse_judgement(text) is expected
+
+
+def test_forgetting_rate_matches_readme_example():
+    # Speech-IFEval README: DeSTA2 89.23 vs Llama3-8B-Instruct 92.53 -> -3.57 %
+    assert scorers.forgetting_rate(89.23, 92.53) == pytest.approx(-0.0357, abs=5e-5)
+    with pytest.raises(ValueError):
+        scorers.forgetting_rate(0.5, 0.0)
+
+
+def test_chance_level_and_grouping():
+    assert scorers.chance_level([4, 4, 2]) == pytest.approx((0.25 + 0.25 + 0.5) / 3)
+    recs = [{"g": "a", "correct": 1.0}, {"g": "a", "correct": 0.0}, {"g": "b", "correct": 1.0}, {"correct": 1.0}]
+    assert scorers.accuracy_by(recs, "g") == {"a": 0.5, "b": 1.0}
+
+
+@pytest.mark.parametrize(("response", "iid", "kwargs", "strict", "loose"), [
+    ("the weather is lovely today and i will walk to the park with my dog.", "change_case:english_lowercase", {},
+     True, True),
+    ("The weather is lovely today.", "change_case:english_lowercase", {}, False, False),
+    ('"I will be there soon, I promise you my friend."', "startend:quotation", {}, True, True),
+    ("Sure!\n\"I will be there soon, I promise you.\"", "startend:quotation", {}, False, True),  # loose drops line 1
+    ("One two three four five.", "length_constraints:number_words", {"relation": "less than", "num_words": 10},
+     True, True),
+    ("<<Rain>>\nIt rains.", "detectable_format:title", {}, True, True),
+    ('{"answer": "female"}', "detectable_format:json_format", {}, True, True),
+    ("Good night. Is there anything else I can help with?", "startend:end_checker",
+     {"end_phrase": "Is there anything else I can help with?"}, True, True),
+])
+def test_ifeval_checkers_strict_and_loose(response, iid, kwargs, strict, loose):
+    assert ifeval_checks.check(response, [iid], [kwargs]) == [strict]
+    assert ifeval_checks.check(response, [iid], [kwargs], loose=True) == [loose]
+
+
+def test_ifeval_unknown_id_and_mismatched_kwargs_fail_clearly():
+    with pytest.raises(KeyError, match="unknown IFEval instruction id"):
+        ifeval_checks.check("x", ["no:such_check"], [{}])
+    with pytest.raises(ValueError, match="one to one"):
+        ifeval_checks.check("x", ["change_case:english_lowercase"], [])
+
+
+def test_ifeval_number_sentences_works_offline():
+    ok = ifeval_checks.check("It rains. It pours. It stops.", ["length_constraints:number_sentences"],
+                             [{"relation": "at least", "num_sentences": 3}])
+    assert ok == [True]

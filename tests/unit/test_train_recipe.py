@@ -1,0 +1,81 @@
+"""`desta train` recipe on a tiny model: it learns, writes model + metrics + loss.csv + checkpoints, resumes
+exactly (same losses as an uninterrupted run) and refuses to resume from checkpoints of different settings."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from test_train_fixtures import TinyAudioLM, make_generated
+
+from desta.config import params_from_dict
+from desta.train.checkpoint import list_checkpoints
+from desta.train.recipe import run_train
+
+
+def tiny_params(root, **train):
+    base = {"max_steps": 8, "micro_batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "eval_every": 4, "save_every": 4,
+            "log_every": 2, "progress": False, "seed": 1}
+    return params_from_dict({
+        "paths": {"generated": str(root / "generated"), "checkpoints": str(root / "ckpt"),
+                  "model": str(root / "model")},
+        "tracking": {"enabled": False}, "train": {**base, **train}})
+
+
+def factory(params):
+    return TinyAudioLM(seed=params.train.seed)
+
+
+def losses(summary_dir):
+    rows = list(csv.DictReader((summary_dir / "loss.csv").open()))
+    return [(int(r["step"]), r["train_loss"], r["val_loss"]) for r in rows]
+
+
+def test_train_writes_outputs_and_lowers_val_loss(tmp_path):
+    make_generated(tmp_path, corrupt=1)
+    summary = run_train(tiny_params(tmp_path, max_steps=12, eval_every=6, save_every=6), factory)
+    assert summary["steps"] == 12 and summary["skipped_clips"] >= 1
+    assert summary["final_val_loss"] < summary["step0_val_loss"]
+    assert summary["samples_per_s"] > 0 and summary["tokens_per_s"] > 0
+    model = tmp_path / "model"
+    saved = torch.load(model / "connector.pt", weights_only=True)
+    assert saved and all(k.startswith("connector.") for k in saved), "only trainable tensors are saved"
+    assert json.loads((model / "train_metrics.json").read_text())["steps"] == 12
+    rows = losses(model)
+    assert rows[0][0] == 0 and rows[0][2] and len(rows) == 13
+    ckpts = list_checkpoints(tmp_path / "ckpt")
+    assert [c.name for c in ckpts] == ["step-00000006", "step-00000012"]
+    trainable = torch.load(ckpts[-1] / "trainable.pt", weights_only=True)
+    assert set(trainable) == set(saved)
+    meta = json.loads((ckpts[-1] / "meta.json").read_text())
+    assert meta["settings_hash"] and meta["model_hashes"]["frozen"] and meta["settings"]["train"]["lr"] == 3e-3
+
+
+def test_interrupted_run_resumes_to_identical_losses(tmp_path):
+    make_generated(tmp_path, n_train=20)  # 5 batches per epoch: the resume point falls mid-epoch 1
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "generated").symlink_to(tmp_path / "generated")
+    run_train(tiny_params(full), factory)
+    run_train(tiny_params(tmp_path), factory, stop_after=4)
+    assert [c.name for c in list_checkpoints(tmp_path / "ckpt")] == ["step-00000004"]
+    summary = run_train(tiny_params(tmp_path), factory)
+    assert summary["resumed_from"].endswith("step-00000004") and summary["steps"] == 8
+    assert losses(tmp_path / "model") == losses(full / "model")
+
+
+def test_changed_settings_start_fresh_and_keep_old_checkpoints(tmp_path, caplog):
+    make_generated(tmp_path, n_train=8, n_valid=4)
+    run_train(tiny_params(tmp_path, max_steps=4), factory)
+    summary = run_train(tiny_params(tmp_path, max_steps=4, lr=1e-3), factory)
+    assert summary["resumed_from"] is None
+    assert "train.lr" in caplog.text
+    assert list((tmp_path / "ckpt" / "stale").glob("*/step-00000004/meta.json"))
+
+
+def test_too_little_data_is_a_clear_error(tmp_path):
+    make_generated(tmp_path, n_train=2, n_valid=1)
+    with pytest.raises(ValueError, match="fewer than one micro-batch"):
+        run_train(tiny_params(tmp_path), factory)
