@@ -80,10 +80,7 @@ class SourceConfig(_Strict):
     """One corpus to ingest. `kind` picks the recipe in desta.data.corpora; `path` is a directory or s3:// prefix."""
 
     name: str
-    kind: Literal[
-        "demo", "librispeech", "libritts_r", "vctk", "crema_d", "iemocap", "meld", "esc50", "audiocaps", "clotho",
-        "musiccaps", "manifest",
-    ]
+    kind: Literal["demo", "manifest", "librispeech", "vctk", "crema_d", "esc50", "clotho", "musiccaps"]  # corpora/
     path: str | None = None  # required for every kind except demo (built under paths.raw/<name>)
     n_clips: int | None = Field(None, gt=0)  # demo: corpus size; others: optional cap (deterministic subset)
     seed: int = 0

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import subprocess
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -203,7 +204,10 @@ def log_lineage(params: Params, stage: str, lock_path: str | Path = "dvc.lock") 
         if not path.exists():
             continue
         digest = hashes.get(str(path)) or quick_digest(path)
-        dataset = MetaDataset(resolve_dataset_source(str(path.resolve())), name=key, digest=digest[:36])
+        with warnings.catch_warnings():  # a local path matches two registered local-artifact sources: same class
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(path.resolve()))
+        dataset = MetaDataset(source, name=key, digest=digest[:36])
         mlflow.log_input(dataset, context=stage, tags={"dvc_md5": digest, "path": str(path)})
         logged[key] = digest
     if logged:

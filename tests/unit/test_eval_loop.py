@@ -106,7 +106,7 @@ def test_retention_compares_model_with_backbone():
     assert len(records) == 16 and {r["runner"] for r in records} == {"model", "backbone"}
     assert metrics["retention/ifeval_following_rate"] == 1 / 8
     backbone_rate = metrics["retention/backbone_following_rate"]
-    assert backbone_rate == 4 / 8  # lowercase, fewer than 40 words, end phrase, keyword "sound"? no: see below
+    assert backbone_rate == 3 / 8  # lowercase, fewer than 40 words, the end phrase
     assert metrics["retention/forgetting_rate"] == pytest.approx((1 / 8 - backbone_rate) / backbone_rate)
 
 

@@ -21,12 +21,12 @@ CRITICAL, WARNING = "critical", "warning"
 
 # Template artefacts: the generator quoting what it was given instead of answering as if it heard the audio.
 LEAK_PATTERNS = [
-    r"\[\d{1,2}:\d{2}(:\d{2})?\s*-\s*\d{1,2}:\d{2}",  # the seed description's [mm:ss-mm:ss] timestamps
+    r"\[\d{1,2}:\d{2}(?::\d{2})?\s*-\s*\d{1,2}:\d{2}",  # the seed description's [mm:ss-mm:ss] timestamps
     r"(?i)\bmeta-?data\b",
-    r"(?i)\b(seed|text|textual|given|provided) description\b",
-    r"(?i)\bdescription (provided|given|above)\b",
-    r"\((Emotion|Gender|Pitch|Genre|Sound|Caption|Duration): ",  # the attribute block "(Gender: ..."
-    r"\bDuration: \d+(\.\d)?s\b",
+    r"(?i)\b(?:seed|text|textual|given|provided) description\b",
+    r"(?i)\bdescription (?:provided|given|above)\b",
+    r"\((?:Emotion|Gender|Pitch|Genre|Sound|Caption|Duration): ",  # the attribute block "(Gender: ..."
+    r"\bDuration: \d+(?:\.\d)?s\b",
 ]
 GENERATED_DERIVED = ["messages_ok", "in_manifest", "split_matches", "clip_splits", "audio_exists"]
 MANIFEST_DERIVED = ["audio_exists", "content_splits"]

@@ -89,7 +89,10 @@ class Gate:
         import great_expectations as gx
 
         self.gx = gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
         self.ctx = gx.get_context(mode="ephemeral")
+        self.ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
         self.ctx.add_data_docs_site("desta", {
             "class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
             "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)}})
@@ -119,7 +122,7 @@ class Gate:
 def _row(subject: str, r: Any) -> dict[str, Any]:
     cfg = r.expectation_config
     res = r.result or {}
-    sample = res.get("partial_unexpected_list") or []
+    sample = res.get("partial_unexpected_list") or res.get("partial_missing_list") or []
     return {"subject": subject, "expectation": cfg.type, "column": cfg.kwargs.get("column"),
             "severity": cfg.meta.get("severity"), "risk": cfg.meta.get("risk"), "success": bool(r.success),
             "unexpected_percent": res.get("unexpected_percent"), "observed": _short(res.get("observed_value")),
@@ -160,7 +163,7 @@ def render_failures(rows: list[dict[str, Any]]) -> str:
     lines = []
     for r in rows:
         how = f"{r['unexpected_percent']:.1f}% unexpected" if r["unexpected_percent"] is not None else \
-            f"observed {r['observed']}"
+            (f"observed {r['observed']}" if r["observed"] is not None else "missing values")
         lines.append(f"  [{r['severity']}] {r['subject']}: {r['expectation']}({r['column'] or ''}) {how}\n"
                      f"      risk: {r['risk']}" + (f"\n      e.g. {r['sample'][:3]}" if r["sample"] else "")
                      + (f"\n      error: {r['error']}" if r["error"] else ""))
