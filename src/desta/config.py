@@ -239,10 +239,13 @@ class TrackingConfig(_Strict):
 
 
 class PipelineConfig(_Strict):
+    """Orchestration (flows/retrain.py, flows/deploy.py, `python -m desta.pipeline`; docs/pipeline.md)."""
+
     cron: str = "0 3 * * 0"  # scheduled end-to-end retraining (Sundays 03:00)
     deployment: str = "desta-retrain"
-    io_retries: int = Field(3, ge=0)
-    io_retry_delay_s: float = Field(5.0, ge=0)
+    io_retries: int = Field(3, ge=0)  # retries of the I/O stages (prepare, generate, register) in the flow
+    io_retry_delay_s: float = Field(5.0, ge=0)  # backoff: delay * 2**k
+    dvc_remote: str | None = None  # e.g. s3://desta-dvc/cache; endpoint from tracking.s3_endpoint_url/$AWS_ENDPOINT_URL
 
 
 class Params(_Strict):

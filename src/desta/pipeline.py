@@ -3,6 +3,7 @@ groups every stage's MLflow run under one parent run.
 
     python -m desta.pipeline repro [--profile smoke] [--workdir DIR] [--force]   # dvc repro under a parent run
     python -m desta.pipeline params --profile smoke > params.smoke.yaml          # print merged params
+    python -m desta.pipeline remote [--url s3://bucket/dvc]                      # DVC remote from params/env
 
 DVC always reads ./params.yaml, so a profile is applied by writing the merged params into a workspace: `--workdir`
 copies the project (dvc.yaml, src/, .dvc/config, params.yaml merged with the profile) into DIR and runs there;
@@ -77,14 +78,21 @@ def venv_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def dvc(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def dvc(args: list[str], cwd: Path, env: dict[str, str] | None = None, echo: bool = False) -> str:
+    """Run a dvc command (the venv's); returns its output. echo=True streams it to stdout as it comes."""
     exe = Path(sys.executable).parent / "dvc"
     cmd = [str(exe) if exe.exists() else "dvc", *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=env or venv_env(), text=True, capture_output=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"`dvc {' '.join(args)}` failed in {cwd} (exit {proc.returncode}):\n"
-                           f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env or venv_env(), text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if echo:
+            print(line, end="", flush=True)
+    output = "".join(lines)
+    if proc.wait() != 0:
+        raise RuntimeError(f"`dvc {' '.join(args)}` failed in {cwd} (exit {proc.returncode}):\n{output[-6000:]}")
+    return output
 
 
 def repro(workdir: Path, force: bool = False, stages: list[str] | None = None) -> dict[str, Any]:
@@ -98,14 +106,27 @@ def repro(workdir: Path, force: bool = False, stages: list[str] | None = None) -
         params = load_params("params.yaml")
         with parent_run(params, "dvc-repro", tags={"desta.workdir": str(workdir.resolve())}) as tracker:
             start = time.perf_counter()
-            proc = dvc(["repro", *(["--force"] if force else []), *(stages or [])], Path("."), venv_env())
+            output = dvc(["repro", *(["--force"] if force else []), *(stages or [])], Path("."), echo=True)
             wall = time.perf_counter() - start
             tracker.log_metrics({"pipeline/wall_s": wall})
             log_pipeline_outputs(params, tracker)
         return {"workdir": str(workdir), "wall_s": round(wall, 1), "parent_run_id": tracker.run_id,
-                "ran": [ln.split("'")[1] for ln in proc.stdout.splitlines() if ln.startswith("Running stage")]}
+                "ran": [ln.split("'")[1] for ln in output.splitlines() if ln.startswith("Running stage")]}
     finally:
         os.chdir(cwd)
+
+
+def configure_remote(workdir: Path, params: Params, url: str | None = None) -> dict[str, str]:
+    """Default DVC remote `storage` = pipeline.dvc_remote (or url), endpoint from tracking.s3_endpoint_url or
+    $AWS_ENDPOINT_URL. Credentials are never written: DVC reads AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY."""
+    url = url or params.pipeline.dvc_remote
+    if not url:
+        raise ParamsError("params.yaml pipeline.dvc_remote: not set; give an s3://bucket/prefix (or --url)")
+    endpoint = params.tracking.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+    dvc(["remote", "add", "--force", "--default", "storage", url], workdir)
+    if endpoint:
+        dvc(["remote", "modify", "storage", "endpointurl", endpoint], workdir)
+    return {"remote": "storage", "url": url, "endpointurl": endpoint or "(AWS default)"}
 
 
 def _apply_in_place(root: Path, profile: str) -> None:
@@ -127,11 +148,18 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("stages", nargs="*", help="only these stages (and what they depend on)")
     pp = sub.add_parser("params", help="print params.yaml merged with a profile")
     pp.add_argument("--profile", required=True)
+    rm = sub.add_parser("remote", help="configure the DVC remote from pipeline.dvc_remote (+ S3 endpoint)")
+    rm.add_argument("--url", default=None, help="override pipeline.dvc_remote")
     args = parser.parse_args(argv)
     root = Path.cwd()
     try:
         if args.command == "params":
             print(yaml.safe_dump(merged_params(root / "params.yaml", args.profile, root), sort_keys=False), end="")
+            return 0
+        if args.command == "remote":
+            from desta.config import load_params
+
+            print(yaml.safe_dump(configure_remote(root, load_params(root / "params.yaml"), args.url)), end="")
             return 0
         workdir = root
         if args.workdir is not None:

@@ -8,6 +8,7 @@ with the real tiny.en processor (tokenizer files from the installed meeting-note
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,13 @@ import pytest
 import soundfile as sf
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, WhisperConfig
-from transformers import WhisperForConditionalGeneration
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    WhisperConfig,
+    WhisperForConditionalGeneration,
+)
 
 from desta.config import LoraConfig, ModelConfig
 from desta.data.audio import AudioError
@@ -53,8 +59,6 @@ def parts():
                          encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=32, decoder_ffn_dim=32,
                          max_source_positions=1500, max_target_positions=64)
     whisper = WhisperForConditionalGeneration(wcfg).eval()
-    import json
-
     ct2 = json.loads((pkg / "config.json").read_text())
     whisper.generation_config = generation_config(processor.tokenizer, ct2, 51864, 64)
     tok = tiny_tokenizer()

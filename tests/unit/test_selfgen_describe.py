@@ -20,7 +20,8 @@ def test_value_spelling_is_normalised_and_order_fixed():
     a = _clip(transcript="  Hello   there ", gender="MALE", emotion="Happy", accent="new_zealand")
     b = _clip(transcript="Hello there", emotion="happy ", gender="male", accent="new zealand")
     assert seed_description(a) == seed_description(b)
-    assert seed_description(a) == "[00:00-00:02] Hello there (Emotion: Happy, Gender: Male, Accent: new zealand, Duration: 2s)"
+    assert seed_description(a) == ("[00:00-00:02] Hello there (Emotion: Happy, Gender: Male, Accent: new zealand, "
+                                   "Duration: 2s)")
 
 
 def test_speech_without_transcript_gets_attributes_only():

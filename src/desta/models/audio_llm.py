@@ -285,7 +285,9 @@ class DeSTA25AudioModel(nn.Module):
         """One conversation or a list of them (official format) -> one GenerationResult per conversation.
         Left-padded batches of `batch_size`; Whisper transcribes audios whose `text` is None (encoder run once)."""
         convs = [messages] if messages and isinstance(messages[0], dict) else list(messages)
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
+        sampling: dict[str, Any] = {"do_sample": do_sample}
+        if do_sample:
+            sampling.update(temperature=temperature, top_p=top_p)
         results: list[GenerationResult] = []
         for start in range(0, len(convs), batch_size):
             batch, transcripts = self._prepare(convs[start:start + batch_size], None, keep_encoder=True)

@@ -152,7 +152,10 @@ def _subjects(params: Params) -> list[tuple[str, pd.DataFrame, list[Check]]]:
             raise
         log.warning("validate: no generated set in %s; validating the manifests only", params.paths.generated)
         return subjects
-    subjects.append(("generated", generated, generated_checks(params, _imported(params), load_pool().categories)))
+    pool = load_pool()
+    domains = set(generated["domain"].dropna())
+    expected = sorted({p.category for p in pool.prompts if domains & set(p.domains)})
+    subjects.append(("generated", generated, generated_checks(params, _imported(params), expected)))
     if not _imported(params):
         subjects.append(("categories", category_frame(generated), category_checks(params)))
     return subjects

@@ -1,0 +1,24 @@
+"""Shared test set-up: offline/telemetry-off environment from the start of the session, and the server fixtures
+(`s3_server` from tests/fixtures_s3.py; `mlflow_server`, `prefect_server` from tests/fixtures_servers.py)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from fixtures_s3 import s3_server  # noqa: F401  (pytest fixture re-exported for every test)
+from fixtures_servers import mlflow_server, prefect_server  # noqa: F401
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "TOKENIZERS_PARALLELISM": "false",
+    "DS_ACCELERATOR": "cpu", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+}
+
+
+def pytest_configure(config) -> None:
+    """Before any test module is imported: never reach the network, keep Prefect's state out of ~/.prefect."""
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="desta-prefect-home-"))

@@ -1,0 +1,138 @@
+"""The generation engine on a tiny random Llama: record format, resume/idempotence, generator check, batching.
+(SIGKILL and worker-count runs spawn processes: tests/integration/test_generate_real.py.)"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from desta.config import params_from_dict
+from desta.data.manifest import Clip, write_shard
+from desta.selfgen.engine import Decoding, HFEngine, length_buckets, resume_partial
+from desta.selfgen.generate import GeneratorMismatch, run_generate
+from desta.selfgen.records import TRAIN_SYSTEM_PROMPT, read_records
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def make_tiny_llm(path: Path, seed: int = 0) -> Path:
+    """A 2-layer random Llama + a byte-level BPE tokenizer with a ChatML template, saved as an HF folder."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["Describe the audio. [00:00-00:02] Hello (Gender: Female, Duration: 2s)"] * 4, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>")
+    fast.chat_template = CHATML
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
+
+
+def make_manifest(root: Path, n: int) -> Path:
+    clips = []
+    for i in range(n):
+        wav = root / "audio" / f"c{i:03d}.wav"
+        wav.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(wav, np.zeros(1600, dtype="float32"), 16000)
+        domain = ("speech", "sound", "music")[i % 3]
+        extra = {"transcript": f"hello number {i}", "gender": "female"} if domain == "speech" else \
+            {"sound_labels": ["rain"]} if domain == "sound" else {"music_genre": "jazz"}
+        clips.append(Clip(id=f"demo/c{i:03d}", audio=str(wav), duration=1.0 + i % 4, sample_rate=16000, channels=1,
+                          source="demo", domain=domain, split=("train", "train", "valid", "test")[i % 4],
+                          content_hash=f"h{i}", license="CC0", **extra))
+    write_shard(clips, root / "manifests" / "manifest-00000.parquet")
+    return root / "manifests"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("selfgen")
+    return make_tiny_llm(root / "llm"), make_manifest(root, 12)
+
+
+def params_for(tmp_path: Path, llm: Path, manifests: Path, **generate):
+    g = {"max_new_tokens": 6, "batch_size": 4, "shard_size": 5, "progress": False, "device": "cpu", **generate}
+    return params_from_dict({"paths": {"manifests": str(manifests), "generated": str(tmp_path / "gen")},
+                             "model": {"llm": str(llm)}, "tracking": {"enabled": False}, "generate": g})
+
+
+def shard_bytes(gen: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(gen.glob("shard-*.jsonl"))}
+
+
+def test_records_have_the_contract_fields(tmp_path, tiny):
+    params = params_for(tmp_path, *tiny)
+    summary = run_generate(params)
+    recs = list(read_records(tmp_path / "gen"))
+    assert summary["records"] == len(recs) == 9 * 2  # 9 train+valid clips x 2 prompts
+    r = recs[0]
+    assert r["id"] == f"{r['clip_id']}#0" and r["dataset"] == "demo" and r["seed_description"].startswith("[00:00-")
+    assert r["messages"][0] == {"role": "system", "content": TRAIN_SYSTEM_PROMPT}
+    assert r["messages"][1]["content"] == f"{r['prompt']} <start_audio><|AUDIO|><end_audio>"
+    assert r["messages"][1]["audios"][0]["audio"] == r["audio"]
+    assert r["generator"] == str(tiny[0]) and r["generator_hash"].startswith("sha256:")
+    assert r["gen_params"]["max_new_tokens"] == 6 and r["seed"] == 0 and r["prompt_id"].startswith("p")
+    assert {x["split"] for x in recs} == {"train", "valid"}
+    assert len(list(read_records(tmp_path / "gen", splits=["valid"]))) < len(recs)
+
+
+def test_rerun_skips_and_resume_never_duplicates(tmp_path, tiny):
+    params = params_for(tmp_path, *tiny)
+    run_generate(params)
+    gen = tmp_path / "gen"
+    before = shard_bytes(gen)
+    assert run_generate(params)["shards_generated"] == 0 and shard_bytes(gen) == before
+    # simulate a kill mid-shard: shard 1 back to .partial with 2 good lines, a duplicate and a torn line
+    lines = before["shard-00001.jsonl"].splitlines(keepends=True)
+    (gen / "shard-00001.jsonl").unlink()
+    (gen / "shard-00001.jsonl.partial").write_bytes(lines[0] + lines[1] + lines[1] + lines[2][:30])
+    assert run_generate(params)["generated_records"] == len(lines) - 2
+    assert shard_bytes(gen) == before
+    ids = [r["id"] for r in read_records(gen)]
+    assert len(ids) == len(set(ids))
+
+
+def test_changed_settings_regenerate(tmp_path, tiny):
+    run_generate(params_for(tmp_path, *tiny))
+    summary = run_generate(params_for(tmp_path, *tiny, max_new_tokens=3))
+    assert summary["shards_generated"] == summary["shards"]
+    assert {r["gen_params"]["max_new_tokens"] for r in read_records(tmp_path / "gen")} == {3}
+
+
+def test_generator_must_be_the_backbone_unless_ablation(tmp_path, tiny):
+    other = make_tiny_llm(tmp_path / "other", seed=1)
+    with pytest.raises(GeneratorMismatch, match="allow_different_generator"):
+        run_generate(params_for(tmp_path, *tiny, generator=str(other)))
+    summary = run_generate(params_for(tmp_path, *tiny, generator=str(other), allow_different_generator=True))
+    assert summary["generator"] == str(other)
+
+
+def test_batched_greedy_equals_one_at_a_time(tiny):
+    from desta.models.store import load_llm
+
+    model, tok = load_llm(str(tiny[0]))
+    engine = HFEngine(model, tok, Decoding(max_new_tokens=8), batch_size=4)
+    chats = [[{"role": "user", "content": "Describe the audio. " * (1 + i % 5)}] for i in range(10)]
+    batched = sorted((o for b in engine.generate(chats, seed=0) for o in b), key=lambda o: o.index)
+    single = [engine.generate_ids([engine.encode(c)], seed=0)[0] for c in chats]
+    assert [o.text for o in batched] == [s[0] for s in single]
+    assert length_buckets([5, 1, 3, 1], 2) == [[1, 3], [2, 0]]
+
+
+def test_resume_partial_drops_torn_and_foreign_lines(tmp_path):
+    p = tmp_path / "shard-00000.jsonl.partial"
+    p.write_text('{"id": "a#0"}\n{"id": "zz#0"}\n{"id": "a#0"}\n{"id": "b#0"}\n{"id": "c#')
+    assert list(resume_partial(p, {"a#0", "b#0", "c#0"})) == ["a#0", "b#0"]
+    assert p.read_text() == '{"id": "a#0"}\n{"id": "b#0"}\n'
