@@ -19,7 +19,7 @@ from desta.evaluate.run import run_evaluate
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _tiny_manifest(root: Path, per_kind: int = 2) -> Path:
+def _tiny_manifest(root: Path, per_kind: int = 1) -> Path:
     """Render the first test-split specs of each kind of the demo corpus and write them as a manifest."""
     specs = [s for s in demo.plan(120, seed=0) if s["split"] == "test"]
     chosen = [s for kind in ("speech", "mixture", "sound", "music")
@@ -41,9 +41,9 @@ def test_evaluate_real_models_then_compare(tmp_path):
     manifests = _tiny_manifest(tmp_path)
     params = params_from_dict({
         "paths": {"manifests": str(manifests), "eval": str(tmp_path / "eval"), "model": str(tmp_path / "no-model")},
-        "evaluate": {"tasks": ["heldout", "retention"], "batch_size": 4, "max_new_tokens": 24,
-                     "heldout_max_per_attribute": 2, "heldout_asr_items": 2, "heldout_ifeval_items": 2,
-                     "retention_items": 4},
+        "evaluate": {"tasks": ["heldout", "retention"], "batch_size": 4, "max_new_tokens": 16,
+                     "heldout_max_per_attribute": 1, "heldout_asr_items": 1, "heldout_ifeval_items": 1,
+                     "retention_items": 2},
         "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "eval-test"},
     })
     summary = run_evaluate(params)
@@ -54,7 +54,7 @@ def test_evaluate_real_models_then_compare(tmp_path):
         assert key in metrics and np.isfinite(metrics[key]), key
     assert 0.0 <= metrics["heldout/accuracy"] <= 1.0
     preds = (tmp_path / "eval" / "predictions" / "heldout.jsonl").read_text().splitlines()
-    assert len(preds) == metrics["heldout/n_items"] + 2 + 2  # mcq + asr + ifeval
+    assert len(preds) == metrics["heldout/n_items"] + 1 + 1  # mcq + asr + ifeval
     assert all(isinstance(json.loads(p)["prediction"], str) for p in preds)
     assert (tmp_path / "eval" / "plots" / "accuracy_by_slice.csv").is_file()
     assert summary["run_id"]

@@ -69,5 +69,5 @@ def test_metrics_and_plots_declared():
     evaluate = DVC["stages"]["evaluate"]
     assert evaluate["metrics"] == [{"${paths.eval}/metrics.json": {"cache": False}}]
     plot_files = {f for p in DVC["plots"] for spec in p.values() for f in spec["y"]}
-    assert {"${paths.model}/loss.csv", "${paths.eval}/per_attribute.csv"} <= plot_files
+    assert {"${paths.model}/loss.csv", "${paths.eval}/plots/accuracy_by_slice.csv"} <= plot_files
     assert all(s["cmd"] == f"desta {name}" for name, s in DVC["stages"].items())

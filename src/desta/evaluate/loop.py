@@ -9,6 +9,7 @@ compare the audio model with its own backbone (Speech-IFEval's forgetting rate, 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -74,7 +75,8 @@ def slice_metrics(records: list[dict[str, Any]], primary: str, metric: str, grou
         for r in scored:
             if key in r.get("slices", {}):
                 groups.setdefault(r["slices"][key], []).append(float(r[primary]))
-        for value, vals in sorted(groups.items()):
+        for raw, vals in sorted(groups.items()):
+            value = re.sub(r"[^\w\-. :]", "_", raw)  # metric names valid in MLflow; "/" only between levels
             name = f"{value}/{metric}" if key == group_key else f"by_{key}/{value}/{metric}"
             out[name] = sum(vals) / len(vals)
     return out

@@ -83,4 +83,4 @@ def resolve_audio(root: Path, rel: str) -> str:
 def duration_bucket(seconds: float | None) -> str | None:
     if seconds is None:
         return None
-    return "<5s" if seconds < 5 else "5-15s" if seconds < 15 else ">=15s"
+    return "under5s" if seconds < 5 else "5to15s" if seconds < 15 else "over15s"  # MLflow-safe metric names

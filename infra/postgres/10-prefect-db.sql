@@ -1,0 +1,2 @@
+-- MLflow uses the `mlflow` database (POSTGRES_DB); Prefect gets its own.
+CREATE DATABASE prefect;

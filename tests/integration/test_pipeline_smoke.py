@@ -1,0 +1,126 @@
+"""End-to-end smoke pipeline (infra/profiles/smoke.yaml) in a copy of the project: `dvc repro` under one MLflow
+parent run on a real MLflow server with S3 artifacts, the champion alias, a no-op second repro, a train-param edit
+that re-runs only train and what follows, `dvc push`/`dvc pull` through the S3 server; then the Prefect flow: the
+validation gate failing a run on a real Prefect server, and a full ephemeral retrain."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from desta.pipeline import make_workspace
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, **env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("DESTA_PARENT_RUN_ID", None)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _ok(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
+    return proc.stdout
+
+
+def _search(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    ws = make_workspace(ROOT, tmp_path_factory.mktemp("smoke") / "ws", profile="smoke")
+    shutil.copytree(ROOT / "flows", ws / "flows")
+    return ws
+
+
+def test_dvc_repro_smoke_end_to_end(workspace, mlflow_server, s3_server):
+    env = {**s3_server.env, **mlflow_server.env}
+    out = _ok(_run([sys.executable, "-m", "desta.pipeline", "repro"], workspace, env))
+    summary = yaml.safe_load(out[out.rindex("workdir:"):])
+    assert summary["ran"] == ["prepare", "generate", "validate", "train", "evaluate", "register"]
+    assert json.loads((workspace / "data/eval/metrics.json").read_text())
+    registry = json.loads((workspace / "data/eval/registry.json").read_text())
+    assert registry["version"] == 1 and registry["previous_champion"] is None and registry["promoted"] is True
+
+    # MLflow server: one parent run with a nested run per stage; champion alias; artifacts in S3
+    runs = _search(mlflow_server.url + "/api/2.0/mlflow/runs/search",
+                   {"experiment_ids": [_experiment_id(mlflow_server.url)], "max_results": 100})["runs"]
+    children = [r for r in runs if {"key": "mlflow.parentRunId", "value": summary["parent_run_id"]}
+                in r["data"].get("tags", [])]
+    assert sorted(t["value"] for r in children for t in r["data"]["tags"] if t["key"] == "desta.stage") == sorted(
+        summary["ran"])
+    with urllib.request.urlopen(f"{mlflow_server.url}/api/2.0/mlflow/registered-models/alias?name=desta-audio"
+                                f"&alias=champion", timeout=30) as r:
+        assert json.loads(r.read())["model_version"]["version"]
+    keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=s3_server.bucket)["Contents"]]
+    assert any(k.endswith("MLmodel") for k in keys)
+
+    # second repro: nothing to do; a train param edit re-runs only train, evaluate, register
+    assert "Data and pipelines are up to date" in _ok(_run([str(BIN / "dvc"), "repro"], workspace, env))
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["train"]["lr"] = params["train"]["lr"] / 2
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dry = _ok(_run([str(BIN / "dvc"), "repro", "--dry"], workspace, env))
+    ran = [ln.split("'")[1] for ln in dry.splitlines() if ln.startswith("Running stage")]
+    assert ran == ["train", "evaluate", "register"], dry
+
+    # DVC remote on the S3 server: push, lose the cache and an output, pull it back
+    _ok(_run([sys.executable, "-m", "desta.pipeline", "remote", "--url", f"s3://{s3_server.bucket}/dvc"],
+             workspace, env))
+    assert "pushed" in _ok(_run([str(BIN / "dvc"), "push"], workspace, env))
+    shutil.rmtree(workspace / ".dvc/cache")
+    shutil.rmtree(workspace / "data/model")
+    _ok(_run([str(BIN / "dvc"), "pull"], workspace, env))
+    assert (workspace / "data/model/loss.csv").is_file()
+
+
+def _experiment_id(url: str) -> str:
+    with urllib.request.urlopen(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=desta",
+                                timeout=30) as r:
+        return json.loads(r.read())["experiment"]["experiment_id"]
+
+
+def test_validation_gate_fails_the_flow_on_prefect_server(workspace, prefect_server, tmp_path):
+    ws = tmp_path / "gate"
+    shutil.copytree(workspace, ws, ignore=shutil.ignore_patterns("data", "mlflow.db", "mlartifacts", ".dvc"))
+    cmd = [sys.executable, "flows/retrain.py", "--profile", "smoke", "-S", "generate.max_clips=4",
+           "-S", "validate.max_duration_s=0.3", "-S", "tracking.enabled=false"]
+    proc = _run(cmd, ws, prefect_server.env)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "validation gate failed" in proc.stderr and "report: file://" in proc.stderr
+    assert not (ws / "data/model").exists()  # train never ran
+    runs = [r for r in _search(prefect_server.url + "/flow_runs/filter", {}) if r["state_type"] != "SCHEDULED"]
+    assert runs and all(r["state_type"] == "FAILED" for r in runs), [r["state_type"] for r in runs]
+
+
+def test_retrain_flow_ephemeral(workspace, tmp_path):
+    ws = tmp_path / "flow"
+    shutil.copytree(workspace, ws, ignore=shutil.ignore_patterns("data", "mlflow.db", "mlartifacts", ".dvc"))
+    cmd = [sys.executable, "flows/retrain.py", "--profile", "smoke", "-S", "generate.max_clips=8",
+           "-S", "train.max_steps=2", "-S", "train.eval_every=2", "-S", "train.save_every=2"]
+    proc = _run(cmd, ws, {})  # no PREFECT_API_URL: ephemeral API
+    out = _ok(proc)
+    result = json.loads(out[out.index("{"):])
+    assert set(result) >= {"prepare", "generate", "validate", "train", "evaluate", "register", "parent_run_id"}
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{ws}/mlflow.db")
+    children = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                  filter_string=f"tags.mlflow.parentRunId = '{result['parent_run_id']}'")
+    assert sorted(r.data.tags["desta.stage"] for r in children) == sorted(
+        ["prepare", "generate", "validate", "train", "evaluate", "register"])
