@@ -168,19 +168,19 @@ class TrainConfig(_Strict):
     offload_optimizer: bool = False  # ZeRO: optimizer states on CPU (DeepSpeedCPUAdam, JIT-compiled once)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # paper bf16 (GPU)
     seed: int = 0
-    max_steps: int = Field(300, gt=0)  # optimizer steps
-    micro_batch_size: int = Field(8, gt=0)  # per rank
+    max_steps: int = Field(60, gt=0)  # optimizer steps (CPU demo budget: ~1 epoch of the 300-clip demo set)
+    micro_batch_size: int = Field(4, gt=0)  # per rank
     grad_accum: int = Field(1, gt=0)
     lr: float = Field(1e-3, gt=0)  # paper 1e-4 (8B, 5M samples); 1e-3 for the tiny CPU demo
     betas: tuple[float, float] = (0.9, 0.98)
     weight_decay: float = Field(0.01, ge=0)
-    warmup_steps: int = Field(20, ge=0)  # paper: 5000 at full scale
+    warmup_steps: int = Field(5, ge=0)  # paper: 5000 at full scale
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"  # after warmup
     min_lr_ratio: float = Field(0.1, ge=0, le=1)  # decay floor as a fraction of lr
     grad_clip: float = Field(1.0, gt=0)
-    eval_every: int = Field(50, gt=0)  # validation loss every N optimizer steps (and at step 0 and the end)
+    eval_every: int = Field(30, gt=0)  # validation loss every N optimizer steps (and at step 0 and the end)
     max_val_batches: int | None = Field(None, gt=0)  # cap validation cost (None: the whole valid split)
-    save_every: int = Field(100, gt=0)  # checkpoint every N steps (and at the end)
+    save_every: int = Field(30, gt=0)  # checkpoint every N steps (and at the end)
     keep_checkpoints: int = Field(2, ge=1)
     num_workers: int = Field(0, ge=0)  # DataLoader worker processes (audio decode + features + tokenization)
     bucket_by_length: bool = True

@@ -106,7 +106,7 @@ def repro(workdir: Path, force: bool = False, stages: list[str] | None = None) -
         params = load_params("params.yaml")
         with parent_run(params, "dvc-repro", tags={"desta.workdir": str(workdir.resolve())}) as tracker:
             start = time.perf_counter()
-            output = dvc(["repro", *(["--force"] if force else []), *(stages or [])], Path("."), echo=True)
+            output = dvc(["repro", *(["--force"] if force else []), *(stages or [])], Path.cwd(), echo=True)
             wall = time.perf_counter() - start
             tracker.log_metrics({"pipeline/wall_s": wall})
             log_pipeline_outputs(params, tracker)

@@ -65,3 +65,15 @@ def test_build_tasks_follows_params(tmp_path):
     assert [t.name for t in build_tasks(params)] == ["heldout", "retention", "mmau", "voicebench"]
     with pytest.raises(Exception, match="evaluate.tasks"):
         params_from_dict({"evaluate": {"tasks": ["mmlu"]}})
+
+
+def test_cached_transcripts_fill_only_known_clips():
+    from desta.evaluate.run import with_cached_transcripts
+
+    conv = [{"role": "system", "content": "s"},
+            {"role": "user", "content": "<|AUDIO|>\n\nq", "audios": [{"audio": "a.wav", "text": None}]}]
+    assert with_cached_transcripts(conv, {})[1]["audios"][0]["text"] is None
+    filled = with_cached_transcripts(conv, {"a.wav": "hello there"})
+    assert filled[1]["audios"][0]["text"] == "hello there" and conv[1]["audios"][0]["text"] is None  # no mutation
+    given = [{"role": "user", "content": "<|AUDIO|>", "audios": [{"audio": "a.wav", "text": "kept"}]}]
+    assert with_cached_transcripts(given, {"a.wav": "other"})[0]["audios"][0]["text"] == "kept"

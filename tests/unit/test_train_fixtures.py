@@ -72,7 +72,8 @@ class TinyAudioLM(nn.Module):
         torch.save(self.trainable_state_dict(), Path(out) / "connector.pt")
 
 
-def make_generated(root: Path, n_train: int = 24, n_valid: int = 8, corrupt: int = 0) -> Path:
+def make_generated(root: Path, n_train: int = 24, n_valid: int = 8, corrupt: int = 0,
+                   transcript: str | None = None) -> Path:
     """Tiny clips (0.3 s tones; low = 'low', high = 'high') and records in root/generated/shard-00000.jsonl."""
     audio_dir, gen = root / "audio", root / "generated"
     audio_dir.mkdir(parents=True, exist_ok=True)
@@ -90,6 +91,6 @@ def make_generated(root: Path, n_train: int = 24, n_valid: int = 8, corrupt: int
                      "response": "The tone is high." if high else "The tone is low.",
                      "messages": [{"role": "system", "content": "Focus on the audio clips and instructions."},
                                   {"role": "user", "content": "Is the tone high or low? <start_audio><|AUDIO|>"
-                                   "<end_audio>", "audios": [{"audio": str(path), "text": None}]}]})
+                                   "<end_audio>", "audios": [{"audio": str(path), "text": transcript}]}]})
     (gen / "shard-00000.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return gen

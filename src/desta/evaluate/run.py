@@ -87,13 +87,37 @@ def make_generators(params: Params) -> dict[str, Any]:
             return load_llm(params.model.llm, params.model_cache_dir())
         return model().language_model, model().tokenizer
 
+    transcripts: dict[str, str] = {}  # audio path -> Whisper transcript, reused by later items on the same clip
+
     def model_fn(max_new_tokens: int) -> GenerateFn:
-        return lambda convs: [r.text for r in model().generate(convs, max_new_tokens=max_new_tokens, batch_size=bs)]
+        def generate(convs: list[list[dict]]) -> list[str]:
+            if params.model.use_transcription:
+                convs = [with_cached_transcripts(c, transcripts) for c in convs]
+            results = model().generate(convs, max_new_tokens=max_new_tokens, batch_size=bs)
+            for conv, res in zip(convs, results, strict=True):
+                paths = [a.get("audio") for m in conv for a in m.get("audios") or []]
+                transcripts.update({p: t for p, t in zip(paths, res.transcripts, strict=False) if p})
+            return [r.text for r in results]
+
+        return generate
 
     def backbone_fn(max_new_tokens: int) -> GenerateFn:
         return lambda convs: chat_generate_fn(*backbone(), max_new_tokens, bs)(convs)
 
     return {"model": model_fn, "backbone": backbone_fn}
+
+
+def with_cached_transcripts(conv: list[dict], cache: dict[str, str]) -> list[dict]:
+    """Copy of `conv` whose audio entries carry the clip's transcript when it is already known (the model then
+    skips Whisper decoding for a batch whose clips are all known; same greedy transcript, computed once)."""
+    out = []
+    for m in conv:
+        audios = m.get("audios")
+        if audios:
+            m = {**m, "audios": [{**a, "text": cache[a["audio"]]} if a.get("text") is None and a.get("audio") in cache
+                                 else a for a in audios]}
+        out.append(m)
+    return out
 
 
 def write_outputs(out_dir: Path, metrics: dict[str, float], records: dict[str, list[dict]]) -> None:
