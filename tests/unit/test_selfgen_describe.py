@@ -62,3 +62,14 @@ def test_timestamps_and_values():
     assert format_timestamp(0) == "00:00" and format_timestamp(75.9) == "01:15" and format_timestamp(3725) == "01:02:05"
     assert normalise_value("Age", 23.0) == "23" and normalise_value("Gender", "  ") is None
     assert seed_description(_clip(duration=0.6)).endswith("(Duration: 0.6s)")
+
+
+def test_recited_description_is_stripped_from_responses():
+    from desta.selfgen.describe import strip_description_echo
+
+    recited = ("[00:03-00:03] Her grandmother counted the boats. (Gender: Female, Accent: British, Pitch: Normal, "
+               "Volume: Low, Speaking speed: Normal, Caption: A woman speaking wi")
+    assert strip_description_echo(recited) == "Her grandmother counted the boats."
+    assert strip_description_echo("Hello (Emotion: Happy, Duration: 2s) there.") == "Hello there."
+    untouched = "The speaker (a woman) sounds calm: 3 out of 5."
+    assert strip_description_echo(untouched) == untouched

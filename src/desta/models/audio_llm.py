@@ -263,7 +263,8 @@ class DeSTA25AudioModel(nn.Module):
             return embeds
         if audio_hidden is None:
             audio_hidden = self.encode_audio(input_features, audio_frames)
-        queries = self.connector(audio_hidden.to(self.device, self.connector.proj.weight.dtype), audio_frames)  # [n, P, D]
+        dtype = self.connector.proj.weight.dtype  # bf16 under DeepSpeed bf16, else fp32
+        queries = self.connector(audio_hidden.to(self.device, dtype), audio_frames)  # [n, P, D]
         p = self.config.prompt_size
         rows = audio_batch_index.to(self.device)[:, None].expand(-1, p)
         cols = audio_positions.to(self.device)[:, None] + torch.arange(p, device=self.device)

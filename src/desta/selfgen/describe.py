@@ -136,3 +136,17 @@ def has_speech_text(clip: Clip) -> bool:
     if clip.transcript and clip.transcript.strip():
         return True
     return any((s.get("text") or "").strip() for s in clip.segments or [])
+
+
+_LABELS = "|".join(re.escape(label) for label in ATTRIBUTE_ORDER + ("Number of speakers",))
+_ECHO_SPAN = re.compile(r"\[\d{1,2}:\d{2}(?::\d{2})?\s*-\s*\d{1,2}:\d{2}(?::\d{2})?\]\s*")
+_ECHO_ATTRS = re.compile(rf"\s*\((?:{_LABELS}):[^)]*(?:\)|$)")
+
+
+def strip_description_echo(text: str) -> str:
+    """Remove verbatim pieces of the seed-description format from a response: `[mm:ss-mm:ss]` spans and
+    `(Label: value, ...)` attribute blocks (closed or cut off by the token limit). Small generators often recite
+    the description for repeat/transcribe prompts; what remains ("Her grandmother counted the boats.") is the
+    answer. Other text is left untouched; the validate gate still checks for leaks that survive."""
+    out = _ECHO_ATTRS.sub("", _ECHO_SPAN.sub("", text))
+    return _SPACE.sub(" ", out).strip()

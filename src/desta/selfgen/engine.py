@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from desta.config import GenerateConfig
+from desta.selfgen.describe import strip_description_echo
 from desta.selfgen.records import PARTIAL_SUFFIX, shard_path, write_state
 
 log = logging.getLogger(__name__)
@@ -218,9 +219,10 @@ def resume_partial(path: Path, wanted: set[str]) -> dict[str, dict[str, Any]]:
 
 
 def process_shard(engine: HFEngine | VLLMEngine, index: int, jobs: list[Job], out: Path, seed: int,
-                  report: Report) -> int:
+                  report: Report, strip_echo: bool = False) -> int:
     """Generate one shard: append each finished batch to the .partial file (flushed + fsynced), then write the
-    shard in plan order (tmp + rename) and drop the .partial. Returns the record count."""
+    shard in plan order (tmp + rename) and drop the .partial. `strip_echo` removes recited seed-description
+    pieces from responses (describe.strip_description_echo). Returns the record count."""
     partial = partial_path(out, index)
     done = resume_partial(partial, {j.id for j in jobs})
     todo = [j for j in jobs if j.id not in done]
@@ -229,7 +231,7 @@ def process_shard(engine: HFEngine | VLLMEngine, index: int, jobs: list[Job], ou
             lines = []
             for o in batch:
                 rec = dict(todo[o.index].record)
-                rec["response"] = o.text
+                rec["response"] = strip_description_echo(o.text) if strip_echo else o.text
                 done[rec["id"]] = rec
                 lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
             fh.write("".join(lines))
@@ -251,7 +253,7 @@ def _worker_main(cfg: GenerateConfig, model_dir: str, jobs: dict[int, list[Job]]
     try:
         engine = load_engine(cfg, model_dir, worker, n_gpus)
         for index in sorted(jobs):
-            process_shard(engine, index, jobs[index], Path(out), cfg.seed, lambda *e: queue.put(e))
+            process_shard(engine, index, jobs[index], Path(out), cfg.seed, lambda *e: queue.put(e), cfg.strip_echo)
         queue.put(("exit", worker, 0))
     except BaseException:  # noqa: BLE001 - report any failure (even KeyboardInterrupt) to the parent, then die
         queue.put(("error", worker, traceback.format_exc()))
@@ -298,7 +300,7 @@ def run_shards(cfg: GenerateConfig, model_dir: str, jobs: dict[int, list[Job]], 
         if cfg.workers == 1:
             engine = load_engine(cfg, model_dir, 0, n_gpus)
             for index in sorted(jobs):
-                process_shard(engine, index, jobs[index], out, cfg.seed, report)
+                process_shard(engine, index, jobs[index], out, cfg.seed, report, cfg.strip_echo)
         else:
             _run_workers(cfg, model_dir, jobs, out, n_gpus, report)
     finally:

@@ -98,7 +98,8 @@ def provenance(params: Params, ref: str, digest: str) -> dict[str, Any]:
     """The fields every record of the run carries: who generated it, how, and with which seed."""
     g = params.generate
     gen_params = {"max_new_tokens": g.max_new_tokens, "do_sample": g.do_sample, "backend": g.backend,
-                  "system_prompt": g.system_prompt, "prompt_pool": load_pool().version, "dtype": g.dtype}
+                  "system_prompt": g.system_prompt, "prompt_pool": load_pool().version, "dtype": g.dtype,
+                  "strip_echo": g.strip_echo}
     if g.do_sample:
         gen_params |= {"temperature": g.temperature, "top_p": g.top_p}
     return {"generator": ref, "generator_hash": digest, "gen_params": gen_params, "seed": g.seed}
