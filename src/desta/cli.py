@@ -25,6 +25,9 @@ OFFLINE_ENV = {
 }
 
 
+QUIET_LOGGERS = ("great_expectations", "urllib3", "alembic", "botocore", "httpx", "filelock")
+
+
 def _offline_defaults() -> None:
     """The hub is never contacted by default; users with network can export HF_HUB_OFFLINE=0."""
     for k, v in OFFLINE_ENV.items():
@@ -88,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in QUIET_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     from desta.config import ParamsError, load_params
 
     try:

@@ -32,6 +32,7 @@ def tiny(tmp_path_factory):
 @pytest.mark.slow
 def test_real_backbone_answers_seed_descriptions(tmp_path):
     from desta.models.store import load_llm
+    from desta.selfgen.describe import strip_description_echo
     from desta.selfgen.engine import Decoding, HFEngine
 
     params = tiny_mod.params_for(tmp_path, "pypi:smollm2-135m-instruct", tiny_mod.make_manifest(tmp_path, 3),
@@ -40,13 +41,13 @@ def test_real_backbone_answers_seed_descriptions(tmp_path):
     recs = list(read_records(tmp_path / "gen"))
     assert summary["records"] == len(recs) == 4 and summary["new_tokens"] > 0
     assert all(len(r["response"]) > 3 for r in recs), [r["response"] for r in recs]
-    # batched (left-padded) greedy == one at a time on the real model
+    # batched (left-padded) greedy == one at a time on the real model (records carry strip_echo'd responses)
     model, tok = load_llm("pypi:smollm2-135m-instruct", params.model_cache_dir())
     engine = HFEngine(model, tok, Decoding(max_new_tokens=24), batch_size=4)
     chats = [[{"role": "system", "content": "You are a helpful assistant."},
               {"role": "user", "content": f"{r['seed_description']}\n\n{r['prompt']}"}] for r in recs]
     batched = sorted((o for b in engine.generate(chats, seed=0) for o in b), key=lambda o: o.index)
-    assert [o.text for o in batched] == [r["response"] for r in recs]
+    assert [strip_description_echo(o.text) for o in batched] == [r["response"] for r in recs]
 
 
 @pytest.mark.slow

@@ -218,6 +218,23 @@ def resume_partial(path: Path, wanted: set[str]) -> dict[str, dict[str, Any]]:
     return kept
 
 
+def write_final_shard(out: Path, index: int, records: list[dict]) -> None:
+    """Write the shard in plan order (tmp + rename). Records whose response is empty (a small generator that only
+    recited the seed description, stripped by strip_echo) are not training targets: they go to
+    `rejected-NNNNN.jsonl` beside the shard (kept for inspection, counted by `desta validate`), never silently lost."""
+    kept = [r for r in records if str(r.get("response") or "").strip()]
+    rejected = [r for r in records if not str(r.get("response") or "").strip()]
+    final = shard_path(out, index)
+    rej = final.with_name(f"rejected-{index:05d}.jsonl")
+    if rejected:
+        rej.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected), encoding="utf-8")
+    elif rej.exists():
+        rej.unlink()
+    tmp = final.with_name(final.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+    tmp.replace(final)
+
+
 def process_shard(engine: HFEngine | VLLMEngine, index: int, jobs: list[Job], out: Path, seed: int,
                   report: Report, strip_echo: bool = False) -> int:
     """Generate one shard: append each finished batch to the .partial file (flushed + fsynced), then write the
@@ -238,10 +255,7 @@ def process_shard(engine: HFEngine | VLLMEngine, index: int, jobs: list[Job], ou
             fh.flush()
             os.fsync(fh.fileno())
             report("batch", len(batch), sum(o.new_tokens for o in batch))
-    final = shard_path(out, index)
-    tmp = final.with_name(final.name + ".tmp")
-    tmp.write_text("".join(json.dumps(done[j.id], ensure_ascii=False) + "\n" for j in jobs), encoding="utf-8")
-    tmp.replace(final)
+    write_final_shard(out, index, [done[j.id] for j in jobs])
     partial.unlink()
     report("shard", index, len(jobs))
     return len(jobs)

@@ -133,7 +133,8 @@ def _prepare_out_dir(out: Path, fp: str, n_shards: int) -> dict[str, Any]:
     state_path = out / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     if state.get("fingerprint") != fp:
-        stale = sorted(out.glob("shard-*.jsonl")) + sorted(out.glob(f"shard-*.jsonl{PARTIAL_SUFFIX}"))
+        stale = (sorted(out.glob("shard-*.jsonl")) + sorted(out.glob(f"shard-*.jsonl{PARTIAL_SUFFIX}"))
+                 + sorted(out.glob("rejected-*.jsonl")))
         if stale:
             log.warning("%s: settings, generator or clips changed; removing %d stale shard file(s)", out, len(stale))
         for p in stale:
@@ -165,12 +166,18 @@ def run_generate(params: Params) -> dict[str, Any]:
         jobs = {i: [job_for(it, prov, g.system_prompt) for it in shards[i]] for i in todo}
         stats = run_shards(g, str(model_dir), jobs, out, state)
         elapsed = time.perf_counter() - t0
-        summary = {"records": sum(map(len, shards)), "shards": len(shards), "shards_generated": len(todo),
+        rejected = sum(p.read_text(encoding="utf-8").count("\n") for p in out.glob("rejected-*.jsonl"))
+        if rejected:
+            log.warning("generate: %d record(s) had an empty response after strip_echo; kept aside in %s/rejected-*.jsonl"
+                        " (not training targets)", rejected, out)
+        summary = {"records": sum(map(len, shards)) - rejected, "rejected": rejected, "shards": len(shards),
+                   "shards_generated": len(todo),
                    "generated_records": stats["records"], "new_tokens": stats["tokens"],
                    "seconds": round(elapsed, 1), "tokens_per_s": round(stats["tokens"] / elapsed, 1) if todo else 0.0,
                    "generator": ref, "generator_hash": digest, "out": str(out), "workers": g.workers}
         state["summary"] = summary
         write_state(out, state)
-        tracker.log_metrics({k: summary[k] for k in ("records", "generated_records", "new_tokens", "tokens_per_s")})
+        tracker.log_metrics({k: summary[k] for k in ("records", "rejected", "generated_records", "new_tokens",
+                                                     "tokens_per_s")})
         tracker.log_artifact(out / STATE_FILE)
     return summary

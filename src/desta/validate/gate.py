@@ -93,9 +93,10 @@ class Gate:
 
         self.ctx = gx.get_context(mode="ephemeral")
         self.ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+        base = str(Path(docs_dir).resolve())  # GX needs an absolute path without a root_directory
         self.ctx.add_data_docs_site("desta", {
             "class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)}})
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": base}})
         self.source = self.ctx.data_sources.add_pandas("desta")
 
     def run(self, subject: str, df: pd.DataFrame, checks: list[Check]) -> list[dict[str, Any]]:
@@ -191,10 +192,14 @@ def run_validate(params: Params) -> dict[str, Any]:
         critical = [r for r in failed if r["severity"] == CRITICAL]
         warnings = [r for r in failed if r["severity"] != CRITICAL]
         blocking = critical + (warnings if params.validate_.fail_on_warning else [])
-        report = {"success": not blocking, "rows": sizes, "expectations": len(rows), "critical_failures": len(critical),
+        gen_dir = Path(params.paths.generated)
+        rejected = sum(p.read_text(encoding="utf-8").count("\n") for p in gen_dir.glob("rejected-*.jsonl"))
+        report = {"success": not blocking, "rows": sizes, "rejected_empty_responses": rejected,
+                  "expectations": len(rows), "critical_failures": len(critical),
                   "warnings": len(warnings), "data_docs": str(docs / "index.html"), "results": rows}
         (out / "report.json").write_text(json.dumps(report, indent=2, default=str, ensure_ascii=False))
-        tracker.log_metrics({"expectations": len(rows), "critical_failures": len(critical), "warnings": len(warnings)})
+        tracker.log_metrics({"expectations": len(rows), "critical_failures": len(critical), "warnings": len(warnings),
+                             "rejected_empty_responses": rejected})
         tracker.log_artifact(out / "report.json", "validation")
         tracker.log_artifact(docs, "validation/data_docs")
     if warnings:
