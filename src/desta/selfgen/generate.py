@@ -168,8 +168,8 @@ def run_generate(params: Params) -> dict[str, Any]:
         elapsed = time.perf_counter() - t0
         rejected = sum(p.read_text(encoding="utf-8").count("\n") for p in out.glob("rejected-*.jsonl"))
         if rejected:
-            log.warning("generate: %d record(s) had an empty response after strip_echo; kept aside in %s/rejected-*.jsonl"
-                        " (not training targets)", rejected, out)
+            log.warning("generate: %d record(s) had an empty response after strip_echo; kept aside in "
+                        "%s/rejected-*.jsonl (not training targets)", rejected, out)
         summary = {"records": sum(map(len, shards)) - rejected, "rejected": rejected, "shards": len(shards),
                    "shards_generated": len(todo),
                    "generated_records": stats["records"], "new_tokens": stats["tokens"],
