@@ -216,6 +216,7 @@ class EvaluateConfig(_Strict):
     max_items: int | None = Field(None, gt=0)  # per task cap (smoke runs)
     seed: int = 0
     heldout_max_per_attribute: int | None = Field(3, gt=0)  # MCQ items per attribute (None: all test clips)
+    choice_scoring: bool = True  # also answer multiple choice by option likelihood (`choice_accuracy`)
     heldout_asr_items: int = Field(4, ge=0)
     heldout_ifeval_items: int = Field(4, ge=0)
     retention_items: int | None = Field(8, gt=0)  # text-only instructions (each answered by model and backbone)

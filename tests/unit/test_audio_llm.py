@@ -210,3 +210,17 @@ def test_transcribes_when_text_is_missing_and_can_skip_transcription(parts):
 def test_bad_target_layers_are_explained(parts):
     with pytest.raises(ValueError, match=r"target_layers=\[0, 5\]: the encoder has 2 layers"):
         build(parts, target_layers=[0, 5])
+
+
+def test_option_logprobs_rank_options_by_teacher_forced_likelihood(parts):
+    model = build(parts)
+    c = conv("<|AUDIO|> describe", {"array": tone(1.0), "text": "hello"})
+    options = ["nice", "the weather is nice", "world"]
+    scores = model.option_logprobs([c, c], [options, options[:2]], batch_size=2)
+    assert len(scores[0]) == 3 and len(scores[1]) == 2 and scores[0][:2] == pytest.approx(scores[1])
+    for opt, got in zip(options, scores[0], strict=True):  # each = -(CE mean * label count) of that option
+        batch = model.build_inputs([c], [opt])
+        n = int((batch["labels"] != IGNORE).sum())
+        assert got == pytest.approx(-float(model(**batch).loss) * n, rel=1e-4)
+    with pytest.raises(ValueError, match="option lists"):
+        model.option_logprobs([c], [])

@@ -54,7 +54,7 @@ def test_write_outputs_and_summary(tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert json.loads((tmp_path / "predictions" / "heldout.jsonl").read_text())["id"] == "a"
     rows = list(csv.DictReader(open(tmp_path / "plots" / "accuracy_by_slice.csv")))
-    assert rows == [{"slice": "heldout/gender", "accuracy": "1.0", "chance": "0.5"}]
+    assert rows == [{"slice": "heldout/gender", "accuracy": "1.0", "chance": "0.5", "choice_accuracy": ""}]
     table = summary_table(metrics)
     assert "| heldout/accuracy | 0.5000 | 0.2500 |" in table and "| heldout/wer | 0.1000 |  |" in table
 

@@ -144,3 +144,35 @@ def test_loop_errors_name_the_problem():
         generate_all([Item("a", [{"role": "user", "content": "q"}], runner="backbone")], {"model": len}, 2)
     with pytest.raises(ValueError, match="returned 0 answers"):
         generate_all([Item("a", [{"role": "user", "content": "q"}])], {"model": lambda c: []}, 2)
+
+
+def test_heldout_capped_selection_is_balanced_across_answers(tmp_path):
+    # 6 male clips sort before 2 female ones by id: a cap of 4 must still hold both answers, alternating
+    clips = [_clip(i, "test", "speech", gender="Male" if i < 6 else "Female") for i in range(8)]
+    write_shard(clips, tmp_path / "manifest-00000.parquet")
+    task = HeldoutTask(tmp_path, max_per_attribute=4, n_asr=0, n_ifeval=0)
+    answers = [i.reference["answer"] for i in task.items() if i.slices["attribute"] == "gender"]
+    assert sorted(answers) == ["Female", "Female", "Male", "Male"]
+    # a constant answer scores exactly chance on a balanced set
+    metrics, _ = run_task(task, {"model": lambda convs: ["Male"] * len(convs)})
+    assert metrics["heldout/gender/accuracy"] == 0.5 == metrics["heldout/gender/chance"]
+
+
+def test_choice_scoring_reports_choice_accuracy_beside_generated_accuracy(manifest):
+    task = HeldoutTask(manifest, n_asr=0, n_ifeval=0)
+    items = task.items()
+
+    def pick_answer(convs, options):  # a chooser that knows the answers: picks the right option index
+        by_content = {i.conversation[-1]["content"] + i.conversation[-1]["audios"][0]["audio"]: i.reference["answer"]
+                      for i in items}
+        return [opts.index(by_content[c[-1]["content"] + c[-1]["audios"][0]["audio"]]) for c, opts in
+                zip(convs, options, strict=True)]
+
+    metrics, records = run_task(task, {"model": first_option}, batch_size=3, choosers={"model": pick_answer})
+    assert metrics["heldout/choice_accuracy"] == 1.0 and metrics["heldout/gender/choice_accuracy"] == 1.0
+    assert metrics["heldout/accuracy"] < 1.0  # the generated answers (first option) are scored separately
+    assert all(r["choice"] == r["reference"]["answer"] for r in records)
+    # tasks without choice scoring ignore choosers
+    plain, recs = run_task(RetentionTask(2), {"model": lambda c: ["x"] * len(c), "backbone": lambda c: ["x"] * len(c)},
+                           choosers={"model": pick_answer})
+    assert not any("choice" in r for r in recs) and not any("choice" in k for k in plain)

@@ -20,6 +20,8 @@ from desta.evaluate import scorers
 log = logging.getLogger(__name__)
 
 GenerateFn = Callable[[list[list[dict[str, Any]]]], list[str]]
+# conversations, option lists -> index of the most likely option per conversation (likelihood-ranked choice)
+ChoiceFn = Callable[[list[list[dict[str, Any]]], list[list[str]]], list[int]]
 Conversation = list[dict[str, Any]]
 
 
@@ -46,6 +48,7 @@ class Task:
     primary: str = "correct"
     metric_name: str = "accuracy"
     group_key: str | None = None
+    choice_scoring: bool = False  # multiple-choice items also answered by option likelihood (run_task choosers)
     max_new_tokens: int | None = None  # None -> params.evaluate.max_new_tokens
 
     def items(self) -> list[Item]:
@@ -102,9 +105,28 @@ def generate_all(items: Sequence[Item], generators: dict[str, GenerateFn], batch
     return [a if a is not None else "" for a in answers]
 
 
+def choose_all(items: Sequence[Item], choosers: dict[str, ChoiceFn], batch_size: int) -> list[dict[str, Any]]:
+    """Likelihood-ranked choice for multiple-choice items (reference has `choices` and `answer`) whose runner has a
+    chooser: {"choice": option, "choice_correct": 0/1}; {} for the other items."""
+    out: list[dict[str, Any]] = [{} for _ in items]
+    for runner, fn in choosers.items():
+        idx = [k for k, i in enumerate(items) if i.runner == runner and "choices" in i.reference
+               and "answer" in i.reference]
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start:start + batch_size]
+            picks = fn([items[k].conversation for k in chunk], [list(items[k].reference["choices"]) for k in chunk])
+            for k, pick in zip(chunk, picks, strict=True):
+                choice = items[k].reference["choices"][pick]
+                out[k] = {"choice": choice, "choice_correct": float(choice == items[k].reference["answer"])}
+    return out
+
+
 def run_task(task: Task, generators: dict[str, GenerateFn], batch_size: int = 8,
-             max_items: int | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Evaluate one task -> (metrics prefixed with the task name, per-item records for predictions/<task>.jsonl)."""
+             max_items: int | None = None, choosers: dict[str, ChoiceFn] | None = None
+             ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Evaluate one task -> (metrics prefixed with the task name, per-item records for predictions/<task>.jsonl).
+    With `choosers`, multiple-choice items are also answered by likelihood ranking (records get `choice_correct`;
+    tasks that report it aggregate it as `choice_accuracy`)."""
     items = task.items()
     if max_items is not None:
         items = items[:max_items]
@@ -114,8 +136,9 @@ def run_task(task: Task, generators: dict[str, GenerateFn], batch_size: int = 8,
     predictions = generate_all(items, generators, batch_size)
     elapsed = time.perf_counter() - t0
     scores = task.score_batch(items, predictions)
-    records = [{"id": i.id, "runner": i.runner, "prediction": p, "reference": i.reference, "slices": i.slices, **s}
-               for i, p, s in zip(items, predictions, scores, strict=True)]
+    chosen = choose_all(items, (choosers or {}) if task.choice_scoring else {}, batch_size)
+    records = [{"id": i.id, "runner": i.runner, "prediction": p, "reference": i.reference, "slices": i.slices, **s,
+                **c} for i, p, s, c in zip(items, predictions, scores, chosen, strict=True)]
     metrics = {f"{task.name}/{k}": v for k, v in task.aggregate(records).items() if v is not None}
     log.info("%s: %d items in %.1fs (%.2f items/s)", task.name, len(items), elapsed, len(items) / max(elapsed, 1e-9))
     return metrics, records

@@ -73,7 +73,8 @@ def load_model(params: Params):
 
 
 def make_generators(params: Params) -> dict[str, Any]:
-    """name -> factory(max_new_tokens) -> GenerateFn; the model loads once, on first use."""
+    """name -> factory(max_new_tokens) -> GenerateFn; the model loads once, on first use. Private entries
+    ("_model", "_transcripts") share the loaded model and the transcript cache with make_choosers."""
     from desta.evaluate.judge import chat_generate_fn
 
     model = functools.cache(lambda: load_model(params))
@@ -104,7 +105,23 @@ def make_generators(params: Params) -> dict[str, Any]:
     def backbone_fn(max_new_tokens: int) -> GenerateFn:
         return lambda convs: chat_generate_fn(*backbone(), max_new_tokens, bs)(convs)
 
-    return {"model": model_fn, "backbone": backbone_fn}
+    return {"model": model_fn, "backbone": backbone_fn, "_model": model, "_transcripts": transcripts}
+
+
+def make_choosers(params: Params, generators: dict[str, Any]) -> dict[str, Any]:
+    """runner -> ChoiceFn (likelihood-ranked multiple choice) when evaluate.choice_scoring is on: the audio model,
+    reusing the transcripts its generator cached (the generation pass runs first)."""
+    if not params.evaluate.choice_scoring:
+        return {}
+    model, transcripts = generators["_model"], generators["_transcripts"]
+
+    def choose(convs: list[list[dict]], options: list[list[str]]) -> list[int]:
+        if params.model.use_transcription:
+            convs = [with_cached_transcripts(c, transcripts) for c in convs]
+        scores = model().option_logprobs(convs, options, batch_size=params.evaluate.batch_size)
+        return [max(range(len(s)), key=s.__getitem__) for s in scores]
+
+    return {"model": choose}
 
 
 def with_cached_transcripts(conv: list[dict], cache: dict[str, str]) -> list[dict]:
@@ -130,11 +147,14 @@ def write_outputs(out_dir: Path, metrics: dict[str, float], records: dict[str, l
     (out_dir / "metrics.json").write_text(json.dumps(dict(sorted(metrics.items())), indent=2) + "\n")
     with open(out_dir / "plots" / "accuracy_by_slice.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["slice", "accuracy", "chance"])
+        w.writerow(["slice", "accuracy", "chance", "choice_accuracy"])
         for k, v in sorted(metrics.items()):
             parts = k.split("/")
             if len(parts) == 3 and parts[2] == "accuracy":
-                w.writerow([f"{parts[0]}/{parts[1]}", round(v, 4), metrics.get(f"{parts[0]}/{parts[1]}/chance", "")])
+                base = f"{parts[0]}/{parts[1]}"
+                choice = metrics.get(f"{base}/choice_accuracy")
+                w.writerow([base, round(v, 4), metrics.get(f"{base}/chance", ""),
+                            "" if choice is None else round(choice, 4)])
 
 
 def summary_table(metrics: dict[str, float]) -> str:
@@ -157,12 +177,14 @@ def run_evaluate(params: Params) -> dict[str, Any]:
         judge_fn = make_judge(params)
     tasks = build_tasks(params, judge_fn)
     gens = make_generators(params)
+    choosers = make_choosers(params, gens)
     metrics: dict[str, float] = {}
     records: dict[str, list[dict]] = {}
     with stage_run(params, "evaluate", cfg) as tracker:
         for task in tasks:
             n_tokens = task.max_new_tokens or cfg.max_new_tokens
-            m, recs = run_task(task, {k: f(n_tokens) for k, f in gens.items()}, cfg.batch_size, cfg.max_items)
+            m, recs = run_task(task, {k: f(n_tokens) for k, f in gens.items() if not k.startswith("_")},
+                               cfg.batch_size, cfg.max_items, choosers)
             metrics.update(m)
             records[task.name] = recs
         write_outputs(out_dir, metrics, records)

@@ -278,6 +278,31 @@ class DeSTA25AudioModel(nn.Module):
                                   labels=None if labels is None else labels.to(self.device))
         return CausalLMOutputWithPast(loss=out.loss, logits=out.logits)
 
+    @torch.no_grad()
+    def option_logprobs(self, conversations: list[list[dict]], options: list[list[str]],
+                        batch_size: int = 8) -> list[list[float]]:
+        """Multiple choice by likelihood (lm-eval's `multiple_choice`): for each conversation, the summed
+        log-probability of every option as the assistant's whole answer (teacher-forced, end-of-turn included).
+        Independent of the answer's wording, so it shows what the connector carries even when a small LLM's
+        free-form answer does not name an option."""
+        if len(options) != len(conversations):
+            raise ValueError(f"option_logprobs: {len(conversations)} conversations but {len(options)} option lists")
+        rows = [(i, opt) for i, opts in enumerate(options) for opt in opts]
+        scores: list[float] = []
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            inputs = self.build_inputs([conversations[i] for i, _ in chunk], [opt for _, opt in chunk])
+            logits = self(**inputs).logits[:, :-1].float()
+            labels = inputs["labels"][:, 1:].to(logits.device)
+            mask = labels != -100
+            tok = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            scores += (tok * mask).sum(-1).tolist()
+        out, k = [], 0
+        for opts in options:
+            out.append(scores[k:k + len(opts)])
+            k += len(opts)
+        return out
+
     # ------------------------------------------------------------------------------------------------ generate
     @torch.no_grad()
     def generate(self, messages: list[dict] | list[list[dict]], max_new_tokens: int = 128, do_sample: bool = False,

@@ -2,8 +2,10 @@
 
 Three kinds of items, built deterministically from ground-truth metadata (attributes a clip lacks are skipped):
   mcq     multiple choice on gender, accent, speaking speed, pitch, emotion, sound class, music instrument / key /
-          mode / tempo, and SNR; options = the answer + up to 3 other values seen in the manifest; scored with
-          MMAU's string match after stripping "The correct answer is:"; chance level reported beside each score
+          mode / tempo, and SNR; options = the answer + up to 3 other values seen in the manifest; clips balanced
+          across answers; the generated answer scored with MMAU's string match after stripping "The correct answer
+          is:" (`accuracy`) and, with evaluate.choice_scoring, the most likely option (`choice_accuracy`); chance
+          level reported beside each score
   asr     "Transcribe the speech" on clips with a transcript; corpus WER (jiwer)
   ifeval  describe the audio under one IFEval constraint (data/instructions.json); following rate
 """
@@ -21,7 +23,7 @@ import numpy as np
 
 from desta.data.manifest import Clip, iter_clips, read_table
 from desta.evaluate import ifeval_checks, scorers
-from desta.evaluate.loop import Item, Task
+from desta.evaluate.loop import Item, Task, slice_metrics
 from desta.evaluate.tasks.common import DESTA_SYSTEM, MCQ_SYSTEM, audio_conversation, duration_bucket, mcq_prompt
 
 
@@ -68,6 +70,7 @@ def load_instructions() -> dict[str, Any]:
 class HeldoutTask(Task):
     name = "heldout"
     group_key = "attribute"
+    choice_scoring = True
 
     def __init__(self, manifest_dir: str | Path, seed: int = 0, max_per_attribute: int | None = 20,
                  n_asr: int = 16, n_ifeval: int = 8):
@@ -89,14 +92,27 @@ class HeldoutTask(Task):
                              "needs prepare.test_fraction > 0")
         return self._mcq(clips) + self._asr(clips) + self._ifeval(clips)
 
+    def _balanced(self, clips: list[Clip], attr: str, fn: Callable[[Clip], str | None]) -> list[Clip]:
+        """Clips that have the attribute, answers interleaved (A, B, C, A, B, C, ...; each answer's clips in a
+        seeded hash order), cut at max_per_attribute: a capped set is balanced across answers, so a model that
+        always gives the same answer scores chance, not whatever the first clips by id happen to be."""
+        groups: dict[str, list[Clip]] = {}
+        for c in clips:
+            if (v := fn(c)) is not None:
+                groups.setdefault(v, []).append(c)
+        for v in groups:
+            groups[v].sort(key=lambda c: hashlib.sha256(f"{self.seed}|{attr}|{c.id}".encode()).digest())
+        order = [c for rank in range(max(map(len, groups.values()), default=0))
+                 for v in sorted(groups) if rank < len(groups[v]) for c in [groups[v][rank]]]
+        return order[: self.max_per_attribute] if self.max_per_attribute else order
+
     def _mcq(self, clips: list[Clip]) -> list[Item]:
         vocab, items = self.vocabularies(), []
         for attr, (question, fn) in ATTRIBUTES.items():
-            made = 0
-            for c in clips:
+            for c in self._balanced(clips, attr, fn):
                 answer = fn(c)
                 others = [v for v in vocab[attr] if v != answer]
-                if answer is None or not others or (self.max_per_attribute and made >= self.max_per_attribute):
+                if not others:
                     continue
                 rng = _rng(self.seed, c.id, attr)
                 distractors = [others[i] for i in rng.permutation(len(others))[:3]]
@@ -104,7 +120,6 @@ class HeldoutTask(Task):
                 conv = audio_conversation(c.audio, mcq_prompt(question, choices), MCQ_SYSTEM)
                 items.append(Item(f"{c.id}#{attr}", conv, {"kind": "mcq", "answer": answer, "choices": choices},
                                   _slices(c, attribute=attr)))
-                made += 1
         return items
 
     def _asr(self, clips: list[Clip]) -> list[Item]:
@@ -138,6 +153,10 @@ class HeldoutTask(Task):
         mcq = [r for r in records if r["reference"]["kind"] == "mcq"]
         out = super().aggregate(mcq) if mcq else {}
         out["chance"] = scorers.chance_level([r["n_options"] for r in mcq])
+        chosen = [r for r in mcq if "choice_correct" in r]
+        if chosen:  # likelihood-ranked option (evaluate.choice_scoring), beside the generated answer's accuracy
+            out |= slice_metrics(chosen, "choice_correct", "choice_accuracy", self.group_key)
+            out.pop("n_items", None)
         for attr in sorted({r["slices"]["attribute"] for r in mcq}):
             out[f"{attr}/chance"] = scorers.chance_level([r["n_options"] for r in mcq
                                                           if r["slices"]["attribute"] == attr])
