@@ -123,6 +123,9 @@ class GenerateConfig(_Strict):
     generator: str | None = None  # None -> model.llm (the backbone: the paper's self-generation)
     allow_different_generator: bool = False  # the paper's ablation: targets written by another LLM
     prompts_per_clip: int = Field(2, gt=0)
+    # prompt category -> relative weight when a clip's categories are drawn ({}: uniform); e.g. favour the
+    # categories whose answers depend on the audio (paralinguistic, sound, music) in a small demo run
+    category_weights: dict[str, float] = Field(default_factory=dict)
     splits: list[Literal["train", "valid", "test"]] = Field(default_factory=lambda: ["train", "valid"])
     max_clips: int | None = Field(None, gt=0)  # smoke runs: only the first N clips (by id) of those splits
     seed: int = 0
@@ -140,6 +143,14 @@ class GenerateConfig(_Strict):
     strip_echo: bool = True  # cut recited seed-description spans/attribute blocks from responses
     progress: bool = True  # tqdm bar with records/s, tokens/s and ETA
     import_aqa: str | None = None  # path to released DeSTA-AQA5M jsonl files to import instead of generating
+
+    @field_validator("category_weights")
+    @classmethod
+    def _positive_weights(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: w for k, w in v.items() if not w > 0}
+        if bad:
+            raise ValueError(f"weights must be > 0 (drop a category from the pool instead): {bad}")
+        return v
 
 
 # -------------------------------------------------------------------------------------------------------- validate

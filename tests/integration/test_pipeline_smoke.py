@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -87,6 +88,33 @@ def test_dvc_repro_smoke_end_to_end(workspace, mlflow_server, s3_server):
     shutil.rmtree(workspace / "data/model")
     _ok(_run([str(BIN / "dvc"), "pull"], workspace, env))
     assert (workspace / "data/model/loss.csv").is_file()
+
+
+def test_champion_is_served_by_mlflow_models_serve(workspace, mlflow_server, s3_server):
+    """The registered pyfunc answers audio + instruction requests through `mlflow models serve` (REST)."""
+    from fixtures_s3 import _free_port
+    from fixtures_servers import wait_http
+
+    if not (workspace / "data/eval/registry.json").is_file():
+        pytest.skip("needs the registered model of test_dvc_repro_smoke_end_to_end")
+    port = _free_port()
+    log = workspace / "serve.log"
+    env = {**os.environ, **s3_server.env, **mlflow_server.env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [str(BIN / "mlflow"), "models", "serve", "-m", "models:/desta-audio@champion", "--env-manager", "local",
+           "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, cwd=workspace, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", proc, log, timeout=180)
+        clip = next((workspace / "data/raw/demo").rglob("*.wav"))
+        body = {"dataframe_records": [{"audio": str(clip), "instruction": "Describe the audio."}],
+                "params": {"max_new_tokens": 8}}
+        answer = _search(f"http://127.0.0.1:{port}/invocations", body)
+        assert isinstance(answer["predictions"][0]["answer"], str) and answer["predictions"][0]["answer"].strip()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
 
 
 def _experiment_id(url: str) -> str:

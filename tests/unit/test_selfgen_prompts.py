@@ -2,6 +2,8 @@
 
 from collections import Counter
 
+import pytest
+
 from desta.data.manifest import Clip
 from desta.selfgen import build_pool
 from desta.selfgen.prompts import load_pool, sample_prompts
@@ -50,3 +52,18 @@ def test_categories_are_spread():
     counts = Counter(p.category for i in range(300) for p in sample_prompts(pool, _clip(i), 2, 0))
     assert set(counts) == {"description", "transcription", "paralinguistic", "reasoning", "creative", "format"}
     assert min(counts.values()) > 300 * 2 / 6 * 0.5
+
+
+def test_category_weights_shift_the_mix_and_unknown_categories_fail():
+    from desta.selfgen.prompts import check_category_weights
+
+    pool = load_pool()
+    uniform = Counter(p.category for i in range(300) for p in sample_prompts(pool, _clip(i), 2, 0))
+    weights = {"paralinguistic": 6.0, "transcription": 6.0}
+    weighted = Counter(p.category for i in range(300) for p in sample_prompts(pool, _clip(i), 2, 0, weights))
+    assert weighted["paralinguistic"] > 2 * uniform["paralinguistic"]
+    assert sum(weighted.values()) == sum(uniform.values()) == 600
+    assert sample_prompts(pool, _clip(3), 2, 0, weights) == sample_prompts(pool, _clip(3), 2, 0, dict(weights))
+    assert sample_prompts(pool, _clip(3), 2, 0, {}) == sample_prompts(pool, _clip(3), 2, 0)  # {} = uniform
+    with pytest.raises(ValueError, match="generate.category_weights: unknown category paralingustic"):
+        check_category_weights(pool, {"paralingustic": 2.0})

@@ -25,6 +25,24 @@ from desta.models.layout import AudioSlot, ConversationLayout, load_windows, pad
 
 log = logging.getLogger(__name__)
 
+
+
+class _WhisperGenerateNoise(logging.Filter):
+    """Drops three warnings transformers 5 prints on every Whisper `generate` call although nothing is wrong: the
+    processor's generation config carries suppress tokens (Whisper's own generate passes them again), the encoder
+    input has no padding to mask, and max_new_tokens deliberately overrides the config's max_length."""
+
+    KNOWN = ("Passing `generation_config` together with generation-related arguments",
+             "The attention mask is not set with a batched input",
+             "Both `max_new_tokens` (=")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not any(k in msg for k in self.KNOWN)
+
+
+logging.getLogger("transformers.generation.utils").addFilter(_WhisperGenerateNoise())
+
 CONFIG_FILE, WEIGHTS_FILE = "desta_config.json", "trainable.safetensors"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

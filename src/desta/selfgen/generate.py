@@ -22,7 +22,7 @@ from desta.config import Params
 from desta.data.manifest import Clip, iter_clips
 from desta.selfgen.describe import seed_description
 from desta.selfgen.engine import Job, run_shards
-from desta.selfgen.prompts import Prompt, load_pool, sample_prompts
+from desta.selfgen.prompts import Prompt, check_category_weights, load_pool, sample_prompts
 from desta.selfgen.records import (
     PARTIAL_SUFFIX,
     STATE_FILE,
@@ -78,6 +78,7 @@ def plan(params: Params) -> list[Item]:
     """All (clip, prompt) items in a stable order: clips by id, then prompt index. Independent of manifest sharding."""
     g = params.generate
     pool = load_pool()
+    check_category_weights(pool, g.category_weights)
     clips = sorted(iter_clips(params.paths.manifests, splits=g.splits), key=lambda c: c.id)
     if g.max_clips:
         clips = clips[:g.max_clips]
@@ -86,7 +87,8 @@ def plan(params: Params) -> list[Item]:
     items = []
     for clip in clips:
         desc = seed_description(clip)
-        items += [Item(clip, k, p, desc) for k, p in enumerate(sample_prompts(pool, clip, g.prompts_per_clip, g.seed))]
+        items += [Item(clip, k, p, desc) for k, p in enumerate(sample_prompts(pool, clip, g.prompts_per_clip, g.seed,
+                                                                                  g.category_weights))]
     return items
 
 

@@ -82,17 +82,37 @@ def applicable(pool: PromptPool, clip: Clip) -> dict[str, list[Prompt]]:
     return cats
 
 
-def sample_prompts(pool: PromptPool, clip: Clip, k: int, seed: int) -> list[Prompt]:
-    """k distinct prompts for a clip: k distinct categories first (uniform), then one prompt in each.
+def check_category_weights(pool: PromptPool, weights: dict[str, float] | None) -> None:
+    """Every weighted category must exist in the pool (a typo would silently weigh nothing)."""
+    unknown = sorted(set(weights or {}) - set(pool.categories))
+    if unknown:
+        raise ValueError(f"params.yaml generate.category_weights: unknown categor{'y' if len(unknown) == 1 else 'ies'} "
+                         f"{', '.join(unknown)}; the pool has {', '.join(pool.categories)}")
+
+
+def _weighted_sample(rng: random.Random, names: list[str], k: int, weights: dict[str, float]) -> list[str]:
+    """k distinct names, each draw proportional to its weight among those left (Efraimidis-Spirakis keys);
+    names without a weight count 1."""
+    keys = sorted(names, key=lambda n: rng.random() ** (1.0 / weights.get(n, 1.0)), reverse=True)
+    return keys[:k]
+
+
+def sample_prompts(pool: PromptPool, clip: Clip, k: int, seed: int,
+                   category_weights: dict[str, float] | None = None) -> list[Prompt]:
+    """k distinct prompts for a clip: k distinct categories first (uniform, or proportional to
+    `category_weights`), then one prompt in each.
 
     When k exceeds the number of categories the remaining prompts are drawn from all applicable ones. Deterministic
-    in (seed, clip.id, pool): the RNG is seeded from a string, which Python hashes with SHA-512 (stable).
+    in (seed, clip.id, pool, weights): the RNG is seeded from a string, which Python hashes with SHA-512 (stable).
     """
     cats = applicable(pool, clip)
     if not cats:
         raise ValueError(f"clip {clip.id}: no prompt in the pool applies to domain {clip.domain!r}")
     rng = random.Random(f"desta-prompts:{seed}:{clip.id}")
-    chosen_cats = rng.sample(sorted(cats), min(k, len(cats)))
+    if category_weights:
+        chosen_cats = _weighted_sample(rng, sorted(cats), min(k, len(cats)), category_weights)
+    else:
+        chosen_cats = rng.sample(sorted(cats), min(k, len(cats)))
     picked = [rng.choice(cats[c]) for c in chosen_cats]
     rest = [p for c in sorted(cats) for p in cats[c] if p not in picked]
     picked += rng.sample(rest, min(k - len(picked), len(rest)))
