@@ -5,6 +5,7 @@
 #   bash benchmarks/pipeline_walltime.sh            # both
 #   bash benchmarks/pipeline_walltime.sh smoke      # one: smoke | default
 # Writes benchmarks/out/pipeline_walltime.tsv (profile, seconds, target, ratio) and the logs next to it.
+# KEEP_WORKDIR=1 keeps each run's copy (data/eval/metrics.json, data/model/train_metrics.json, mlflow.db).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -31,5 +32,5 @@ for profile in "${profiles[@]}"; do
   printf '%s\t%.0f\t%s\t%s\n' "$profile" "$secs" "$target" "$ratio" | tee -a "$OUT/pipeline_walltime.tsv"
   printf 'dvc repro %-8s %6.0f s  (target %s s, ratio %s; cores %s, load %s)\n' "$profile" "$secs" "$target" \
     "$ratio" "$(nproc)" "$(cut -d' ' -f1 /proc/loadavg)"
-  rm -rf "$work"
+  if [ -n "${KEEP_WORKDIR:-}" ]; then echo "  kept $work"; else rm -rf "$work"; fi
 done

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 
+import pytest
 from fixtures_s3 import s3_server  # noqa: F401  (pytest fixture re-exported for every test)
 from fixtures_servers import mlflow_server, prefect_server  # noqa: F401
 
@@ -22,3 +23,15 @@ def pytest_configure(config) -> None:
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="desta-prefect-home-"))
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_tracking_uri():
+    """`mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI into os.environ; without this, one test's store
+    would become the default of every later test and of the subprocesses they start."""
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if saved is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = saved

@@ -155,8 +155,8 @@ class HeldoutTask(Task):
         out["chance"] = scorers.chance_level([r["n_options"] for r in mcq])
         chosen = [r for r in mcq if "choice_correct" in r]
         if chosen:  # likelihood-ranked option (evaluate.choice_scoring), beside the generated answer's accuracy
-            out |= slice_metrics(chosen, "choice_correct", "choice_accuracy", self.group_key)
-            out.pop("n_items", None)
+            out |= {k: v for k, v in slice_metrics(chosen, "choice_correct", "choice_accuracy",
+                                                   self.group_key).items() if k != "n_items"}
         for attr in sorted({r["slices"]["attribute"] for r in mcq}):
             out[f"{attr}/chance"] = scorers.chance_level([r["n_options"] for r in mcq
                                                           if r["slices"]["attribute"] == attr])
