@@ -56,7 +56,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="pypi:smollm2-135m-instruct")
     ap.add_argument("--n", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=32, help="requests per forward pass (generate.batch_size default: 32)")
+    ap.add_argument("--batch-size", type=int, default=32, help="requests per forward pass (as generate.batch_size)")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])

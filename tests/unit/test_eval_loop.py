@@ -162,9 +162,10 @@ def test_choice_scoring_reports_choice_accuracy_beside_generated_accuracy(manife
     task = HeldoutTask(manifest, n_asr=0, n_ifeval=0)
     items = task.items()
 
+    by_content = {i.conversation[-1]["content"] + i.conversation[-1]["audios"][0]["audio"]: i.reference["answer"]
+                  for i in items}
+
     def pick_answer(convs, options):  # a chooser that knows the answers: picks the right option index
-        by_content = {i.conversation[-1]["content"] + i.conversation[-1]["audios"][0]["audio"]: i.reference["answer"]
-                      for i in items}
         return [opts.index(by_content[c[-1]["content"] + c[-1]["audios"][0]["audio"]]) for c, opts in
                 zip(convs, options, strict=True)]
 

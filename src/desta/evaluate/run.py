@@ -72,9 +72,10 @@ def load_model(params: Params):
     return DeSTA25AudioModel.from_params(params.model, params.model_cache_dir(), seed=params.evaluate.seed).eval()
 
 
-def make_generators(params: Params) -> dict[str, Any]:
-    """name -> factory(max_new_tokens) -> GenerateFn; the model loads once, on first use. Private entries
-    ("_model", "_transcripts") share the loaded model and the transcript cache with make_choosers."""
+def make_runners(params: Params) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(generators, choosers): runner name -> factory(max_new_tokens) -> GenerateFn, and runner name -> ChoiceFn
+    (likelihood-ranked multiple choice, only with evaluate.choice_scoring). The model loads once, on first use;
+    the chooser reuses the transcripts the generator cached (the generation pass runs first)."""
     from desta.evaluate.judge import chat_generate_fn
 
     model = functools.cache(lambda: load_model(params))
@@ -105,23 +106,14 @@ def make_generators(params: Params) -> dict[str, Any]:
     def backbone_fn(max_new_tokens: int) -> GenerateFn:
         return lambda convs: chat_generate_fn(*backbone(), max_new_tokens, bs)(convs)
 
-    return {"model": model_fn, "backbone": backbone_fn, "_model": model, "_transcripts": transcripts}
-
-
-def make_choosers(params: Params, generators: dict[str, Any]) -> dict[str, Any]:
-    """runner -> ChoiceFn (likelihood-ranked multiple choice) when evaluate.choice_scoring is on: the audio model,
-    reusing the transcripts its generator cached (the generation pass runs first)."""
-    if not params.evaluate.choice_scoring:
-        return {}
-    model, transcripts = generators["_model"], generators["_transcripts"]
-
     def choose(convs: list[list[dict]], options: list[list[str]]) -> list[int]:
         if params.model.use_transcription:
             convs = [with_cached_transcripts(c, transcripts) for c in convs]
-        scores = model().option_logprobs(convs, options, batch_size=params.evaluate.batch_size)
+        scores = model().option_logprobs(convs, options, batch_size=bs)
         return [max(range(len(s)), key=s.__getitem__) for s in scores]
 
-    return {"model": choose}
+    choosers = {"model": choose} if params.evaluate.choice_scoring else {}
+    return {"model": model_fn, "backbone": backbone_fn}, choosers
 
 
 def with_cached_transcripts(conv: list[dict], cache: dict[str, str]) -> list[dict]:
@@ -176,15 +168,14 @@ def run_evaluate(params: Params) -> dict[str, Any]:
 
         judge_fn = make_judge(params)
     tasks = build_tasks(params, judge_fn)
-    gens = make_generators(params)
-    choosers = make_choosers(params, gens)
+    gens, choosers = make_runners(params)
     metrics: dict[str, float] = {}
     records: dict[str, list[dict]] = {}
     with stage_run(params, "evaluate", cfg) as tracker:
         for task in tasks:
             n_tokens = task.max_new_tokens or cfg.max_new_tokens
-            m, recs = run_task(task, {k: f(n_tokens) for k, f in gens.items() if not k.startswith("_")},
-                               cfg.batch_size, cfg.max_items, choosers)
+            m, recs = run_task(task, {k: f(n_tokens) for k, f in gens.items()}, cfg.batch_size, cfg.max_items,
+                               choosers)
             metrics.update(m)
             records[task.name] = recs
         write_outputs(out_dir, metrics, records)

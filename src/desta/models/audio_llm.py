@@ -26,7 +26,6 @@ from desta.models.layout import AudioSlot, ConversationLayout, load_windows, pad
 log = logging.getLogger(__name__)
 
 
-
 class _WhisperGenerateNoise(logging.Filter):
     """Drops three warnings transformers 5 prints on every Whisper `generate` call although nothing is wrong: the
     processor's generation config carries suppress tokens (Whisper's own generate passes them again), the encoder

@@ -23,7 +23,7 @@ import torch
 
 from desta.config import GenerateConfig
 from desta.selfgen.describe import strip_description_echo
-from desta.selfgen.records import PARTIAL_SUFFIX, shard_path, write_state
+from desta.selfgen.records import PARTIAL_SUFFIX, rejected_path, shard_path, write_state
 
 log = logging.getLogger(__name__)
 
@@ -222,10 +222,10 @@ def write_final_shard(out: Path, index: int, records: list[dict]) -> None:
     """Write the shard in plan order (tmp + rename). Records whose response is empty (a small generator that only
     recited the seed description, stripped by strip_echo) are not training targets: they go to
     `rejected-NNNNN.jsonl` beside the shard (kept for inspection, counted by `desta validate`), never silently lost."""
-    kept = [r for r in records if str(r.get("response") or "").strip()]
-    rejected = [r for r in records if not str(r.get("response") or "").strip()]
-    final = shard_path(out, index)
-    rej = final.with_name(f"rejected-{index:05d}.jsonl")
+    kept, rejected = [], []
+    for r in records:
+        (kept if str(r.get("response") or "").strip() else rejected).append(r)
+    final, rej = shard_path(out, index), rejected_path(out, index)
     if rejected:
         rej.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected), encoding="utf-8")
     elif rej.exists():

@@ -25,8 +25,10 @@ from desta.selfgen.engine import Job, run_shards
 from desta.selfgen.prompts import Prompt, check_category_weights, load_pool, sample_prompts
 from desta.selfgen.records import (
     PARTIAL_SUFFIX,
+    REJECTED_GLOB,
     STATE_FILE,
     build_record,
+    count_rejected,
     generator_user_message,
     shard_path,
     write_state,
@@ -136,7 +138,7 @@ def _prepare_out_dir(out: Path, fp: str, n_shards: int) -> dict[str, Any]:
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     if state.get("fingerprint") != fp:
         stale = (sorted(out.glob("shard-*.jsonl")) + sorted(out.glob(f"shard-*.jsonl{PARTIAL_SUFFIX}"))
-                 + sorted(out.glob("rejected-*.jsonl")))
+                 + sorted(out.glob(REJECTED_GLOB)))
         if stale:
             log.warning("%s: settings, generator or clips changed; removing %d stale shard file(s)", out, len(stale))
         for p in stale:
@@ -168,7 +170,7 @@ def run_generate(params: Params) -> dict[str, Any]:
         jobs = {i: [job_for(it, prov, g.system_prompt) for it in shards[i]] for i in todo}
         stats = run_shards(g, str(model_dir), jobs, out, state)
         elapsed = time.perf_counter() - t0
-        rejected = sum(p.read_text(encoding="utf-8").count("\n") for p in out.glob("rejected-*.jsonl"))
+        rejected = count_rejected(out)
         if rejected:
             log.warning("generate: %d record(s) had an empty response after strip_echo; kept aside in "
                         "%s/rejected-*.jsonl (not training targets)", rejected, out)

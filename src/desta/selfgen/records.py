@@ -20,6 +20,7 @@ from desta.data.manifest import Clip
 TRAIN_SYSTEM_PROMPT = "You are a helpful assistant. The audio clips appear between <start_audio> and <end_audio> tags."
 AUDIO_SLOT = "<start_audio><|AUDIO|><end_audio>"
 SHARD_GLOB = "shard-*.jsonl"
+REJECTED_GLOB = "rejected-*.jsonl"  # records with an empty response (after strip_echo), kept beside their shard
 PARTIAL_SUFFIX = ".partial"
 REQUIRED_FIELDS = ("id", "dataset", "seed_description", "prompt", "response", "messages")
 STATE_FILE = "generate.json"  # fingerprint of the run + records per finished shard + summary
@@ -27,6 +28,15 @@ STATE_FILE = "generate.json"  # fingerprint of the run + records per finished sh
 
 def shard_path(generated_dir: str | Path, index: int) -> Path:
     return Path(generated_dir) / f"shard-{index:05d}.jsonl"
+
+
+def rejected_path(generated_dir: str | Path, index: int) -> Path:
+    return Path(generated_dir) / f"rejected-{index:05d}.jsonl"
+
+
+def count_rejected(generated_dir: str | Path) -> int:
+    """Records set aside as not training targets (one JSON line each) across all rejected-*.jsonl files."""
+    return sum(p.read_text(encoding="utf-8").count("\n") for p in Path(generated_dir).glob(REJECTED_GLOB))
 
 
 def record_id(clip_id: str, k: int) -> str:

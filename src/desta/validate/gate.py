@@ -19,7 +19,7 @@ import pandas as pd
 from desta.config import Params
 from desta.data.manifest import read_table
 from desta.selfgen.prompts import load_pool
-from desta.selfgen.records import AUDIO_SLOT, REQUIRED_FIELDS, STATE_FILE, read_records
+from desta.selfgen.records import AUDIO_SLOT, REQUIRED_FIELDS, STATE_FILE, count_rejected, read_records
 from desta.validate.expectations import CRITICAL, Check, category_checks, generated_checks, manifest_checks
 
 log = logging.getLogger(__name__)
@@ -192,8 +192,7 @@ def run_validate(params: Params) -> dict[str, Any]:
         critical = [r for r in failed if r["severity"] == CRITICAL]
         warnings = [r for r in failed if r["severity"] != CRITICAL]
         blocking = critical + (warnings if params.validate_.fail_on_warning else [])
-        gen_dir = Path(params.paths.generated)
-        rejected = sum(p.read_text(encoding="utf-8").count("\n") for p in gen_dir.glob("rejected-*.jsonl"))
+        rejected = count_rejected(params.paths.generated)
         report = {"success": not blocking, "rows": sizes, "rejected_empty_responses": rejected,
                   "expectations": len(rows), "critical_failures": len(critical),
                   "warnings": len(warnings), "data_docs": str(docs / "index.html"), "results": rows}

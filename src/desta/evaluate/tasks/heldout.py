@@ -102,8 +102,8 @@ class HeldoutTask(Task):
                 groups.setdefault(v, []).append(c)
         for v in groups:
             groups[v].sort(key=lambda c: hashlib.sha256(f"{self.seed}|{attr}|{c.id}".encode()).digest())
-        order = [c for rank in range(max(map(len, groups.values()), default=0))
-                 for v in sorted(groups) if rank < len(groups[v]) for c in [groups[v][rank]]]
+        order = [groups[v][rank] for rank in range(max(map(len, groups.values()), default=0))
+                 for v in sorted(groups) if rank < len(groups[v])]
         return order[: self.max_per_attribute] if self.max_per_attribute else order
 
     def _mcq(self, clips: list[Clip]) -> list[Item]:
