@@ -192,6 +192,7 @@ class TrainConfig(_Strict):
     grad_clip: float = Field(1.0, gt=0)
     eval_every: int = Field(30, gt=0)  # validation loss every N optimizer steps (and at step 0 and the end)
     max_val_batches: int | None = Field(None, gt=0)  # cap validation cost (None: the whole valid split)
+    val_shuffled_audio: bool = True  # also validate with audio swapped between records (`audio_gap` > 0: uses audio)
     save_every: int = Field(30, gt=0)  # checkpoint every N steps (and at the end)
     keep_checkpoints: int = Field(2, ge=1)
     num_workers: int = Field(0, ge=0)  # DataLoader worker processes (audio decode + features + tokenization)
@@ -227,7 +228,7 @@ class EvaluateConfig(_Strict):
     max_items: int | None = Field(None, gt=0)  # per task cap (smoke runs)
     seed: int = 0
     heldout_max_per_attribute: int | None = Field(3, gt=0)  # MCQ items per attribute (None: all test clips)
-    choice_scoring: bool = True  # also answer multiple choice by option likelihood (`choice_accuracy`)
+    choice_scoring: bool = True  # also rank MCQ options by likelihood (`choice_accuracy`, `calibrated_choice_accuracy`)
     heldout_asr_items: int = Field(4, ge=0)
     heldout_ifeval_items: int = Field(4, ge=0)
     retention_items: int | None = Field(8, gt=0)  # text-only instructions (each answered by model and backbone)

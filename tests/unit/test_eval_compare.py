@@ -48,13 +48,15 @@ def test_markdown_table_skips_counts():
 
 def test_write_outputs_and_summary(tmp_path):
     metrics = {"heldout/accuracy": 0.5, "heldout/chance": 0.25, "heldout/gender/accuracy": 1.0,
-               "heldout/gender/chance": 0.5, "heldout/n_items": 4.0, "heldout/wer": 0.1}
+               "heldout/gender/calibrated_choice_accuracy": 0.75, "heldout/gender/chance": 0.5,
+               "heldout/n_items": 4.0, "heldout/wer": 0.1}
     records = {"heldout": [{"id": "a", "prediction": "x", "correct": 1.0}]}
     write_outputs(tmp_path, metrics, records)
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert json.loads((tmp_path / "predictions" / "heldout.jsonl").read_text())["id"] == "a"
     rows = list(csv.DictReader(open(tmp_path / "plots" / "accuracy_by_slice.csv")))
-    assert rows == [{"slice": "heldout/gender", "accuracy": "1.0", "chance": "0.5", "choice_accuracy": ""}]
+    assert rows == [{"slice": "heldout/gender", "accuracy": "1.0", "chance": "0.5", "choice_accuracy": "",
+                     "calibrated_choice_accuracy": "0.75"}]
     table = summary_table(metrics)
     assert "| heldout/accuracy | 0.5000 | 0.2500 |" in table and "| heldout/wer | 0.1000 |  |" in table
 

@@ -9,6 +9,7 @@ import pytest
 
 from desta.data.manifest import Clip, write_shard
 from desta.evaluate.loop import Item, Task, generate_all, run_task
+from desta.evaluate.tasks.common import MCQ_SYSTEM, audio_conversation, without_audio
 from desta.evaluate.tasks.heldout import HeldoutTask
 from desta.evaluate.tasks.retention import RetentionTask
 
@@ -173,7 +174,24 @@ def test_choice_scoring_reports_choice_accuracy_beside_generated_accuracy(manife
     assert metrics["heldout/choice_accuracy"] == 1.0 and metrics["heldout/gender/choice_accuracy"] == 1.0
     assert metrics["heldout/accuracy"] < 1.0  # the generated answers (first option) are scored separately
     assert all(r["choice"] == r["reference"]["answer"] for r in records)
+    # a chooser ranking in several ways reports each; the calibrated one here always picks the first option
+    def two_ways(convs, options):
+        return [{"choice": i, "calibrated_choice": 0} for i in pick_answer(convs, options)]
+
+    metrics, records = run_task(task, {"model": first_option}, batch_size=3, choosers={"model": two_ways})
+    assert metrics["heldout/choice_accuracy"] == 1.0
+    assert metrics["heldout/calibrated_choice_accuracy"] == metrics["heldout/accuracy"]  # = first_option's answers
+    assert all(r["calibrated_choice"] == r["reference"]["choices"][0] for r in records)
     # tasks without choice scoring ignore choosers
     plain, recs = run_task(RetentionTask(2), {"model": lambda c: ["x"] * len(c), "backbone": lambda c: ["x"] * len(c)},
                            choosers={"model": pick_answer})
     assert not any("choice" in r for r in recs) and not any("choice" in k for k in plain)
+
+
+def test_without_audio_keeps_the_question_and_drops_every_audio():
+    conv = audio_conversation("a.wav", 'Which? Choose from the following options: "x" or "y"', MCQ_SYSTEM)
+    assert without_audio(conv) == [{"role": "system", "content": MCQ_SYSTEM},
+                                   {"role": "user", "content": 'Which? Choose from the following options: "x" or "y"'}]
+    assert conv[-1]["audios"]  # the input is not modified
+    two = [{"role": "user", "content": "Compare <|AUDIO|> with <|AUDIO|>.", "audios": [{"audio": "a"}, {"audio": "b"}]}]
+    assert without_audio(two) == [{"role": "user", "content": "Compare with ."}]

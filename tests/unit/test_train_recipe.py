@@ -12,7 +12,7 @@ from test_train_fixtures import TinyAudioLM, make_generated
 
 from desta.config import params_from_dict
 from desta.train.checkpoint import list_checkpoints
-from desta.train.recipe import run_train
+from desta.train.recipe import rotate_audio, run_train
 
 
 def tiny_params(root, **train):
@@ -39,12 +39,16 @@ def test_train_writes_outputs_and_lowers_val_loss(tmp_path):
     assert summary["steps"] == 12 and summary["skipped_clips"] >= 1
     assert summary["final_val_loss"] < summary["step0_val_loss"]
     assert summary["samples_per_s"] > 0 and summary["tokens_per_s"] > 0
+    # validation also scores each response against another clip's audio (train.val_shuffled_audio)
+    assert summary["step0_audio_gap"] is not None and summary["final_audio_gap"] is not None
     model = tmp_path / "model"
     saved = torch.load(model / "connector.pt", weights_only=True)
     assert saved and all(k.startswith("connector.") for k in saved), "only trainable tensors are saved"
     assert json.loads((model / "train_metrics.json").read_text())["steps"] == 12
     rows = losses(model)
     assert rows[0][0] == 0 and rows[0][2] and len(rows) == 13
+    shuffled = [r["val_loss_shuffled_audio"] for r in csv.DictReader((model / "loss.csv").open())]
+    assert [bool(v) for v in shuffled] == [bool(r[2]) for r in rows]  # measured wherever val_loss is
     ckpts = list_checkpoints(tmp_path / "ckpt")
     assert [c.name for c in ckpts] == ["step-00000006", "step-00000012"]
     trainable = torch.load(ckpts[-1] / "trainable.pt", weights_only=True)
@@ -79,3 +83,23 @@ def test_too_little_data_is_a_clear_error(tmp_path):
     make_generated(tmp_path, n_train=2, n_valid=1)
     with pytest.raises(ValueError, match="fewer than one micro-batch"):
         run_train(tiny_params(tmp_path), factory)
+
+
+def test_rotate_audio_gives_each_record_the_next_records_audio():
+    inputs = {"input_ids": torch.arange(6).view(3, 2), "audio_hidden": torch.arange(3.0).view(3, 1, 1, 1),
+              "audio_frames": torch.tensor([5, 6, 7]), "audio_batch_index": torch.tensor([0, 1, 2]),
+              "audio_positions": torch.tensor([1, 1, 1])}
+    out = rotate_audio(inputs)
+    assert out["audio_hidden"].flatten().tolist() == [1.0, 2.0, 0.0] and out["audio_frames"].tolist() == [6, 7, 5]
+    for key in ("input_ids", "audio_batch_index", "audio_positions"):
+        assert torch.equal(out[key], inputs[key])
+    assert rotate_audio({**inputs, "audio_hidden": inputs["audio_hidden"][:1], "audio_frames": torch.tensor([5])}) \
+        is None  # one window: nothing to swap with
+    assert rotate_audio({"input_ids": inputs["input_ids"]}) is None  # text only
+
+
+def test_val_shuffled_audio_can_be_switched_off(tmp_path):
+    make_generated(tmp_path)
+    summary = run_train(tiny_params(tmp_path, max_steps=2, eval_every=2, save_every=2, val_shuffled_audio=False),
+                        factory)
+    assert summary["final_audio_gap"] is None and summary["final_val_loss"] is not None

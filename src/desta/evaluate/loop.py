@@ -20,8 +20,9 @@ from desta.evaluate import scorers
 log = logging.getLogger(__name__)
 
 GenerateFn = Callable[[list[list[dict[str, Any]]]], list[str]]
-# conversations, option lists -> index of the most likely option per conversation (likelihood-ranked choice)
-ChoiceFn = Callable[[list[list[dict[str, Any]]], list[list[str]]], list[int]]
+# conversations, option lists -> per conversation the picked option index, or {method: index} when the chooser ranks
+# the options in several ways ("choice": likelihood, "calibrated_choice": likelihood minus the audio-free likelihood)
+ChoiceFn = Callable[[list[list[dict[str, Any]]], list[list[str]]], list[int | dict[str, int]]]
 Conversation = list[dict[str, Any]]
 
 
@@ -107,7 +108,8 @@ def generate_all(items: Sequence[Item], generators: dict[str, GenerateFn], batch
 
 def choose_all(items: Sequence[Item], choosers: dict[str, ChoiceFn], batch_size: int) -> list[dict[str, Any]]:
     """Likelihood-ranked choice for multiple-choice items (reference has `choices` and `answer`) whose runner has a
-    chooser: {"choice": option, "choice_correct": 0/1}; {} for the other items."""
+    chooser: {"<method>": option, "<method>_correct": 0/1} per ranking method ("choice" when the chooser returns a
+    bare index); {} for the other items."""
     out: list[dict[str, Any]] = [{} for _ in items]
     for runner, fn in choosers.items():
         idx = [k for k, i in enumerate(items) if i.runner == runner and "choices" in i.reference
@@ -116,8 +118,10 @@ def choose_all(items: Sequence[Item], choosers: dict[str, ChoiceFn], batch_size:
             chunk = idx[start:start + batch_size]
             picks = fn([items[k].conversation for k in chunk], [list(items[k].reference["choices"]) for k in chunk])
             for k, pick in zip(chunk, picks, strict=True):
-                choice = items[k].reference["choices"][pick]
-                out[k] = {"choice": choice, "choice_correct": float(choice == items[k].reference["answer"])}
+                ref = items[k].reference
+                for method, index in (pick if isinstance(pick, dict) else {"choice": pick}).items():
+                    choice = ref["choices"][index]
+                    out[k] |= {method: choice, f"{method}_correct": float(choice == ref["answer"])}
     return out
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from desta.config import Params
 from desta.evaluate.loop import GenerateFn, Task, run_task
+from desta.evaluate.tasks.common import without_audio
 from desta.tracking import stage_run
 
 log = logging.getLogger(__name__)
@@ -106,14 +107,23 @@ def make_runners(params: Params) -> tuple[dict[str, Any], dict[str, Any]]:
     def backbone_fn(max_new_tokens: int) -> GenerateFn:
         return lambda convs: chat_generate_fn(*backbone(), max_new_tokens, bs)(convs)
 
-    def choose(convs: list[list[dict]], options: list[list[str]]) -> list[int]:
+    def choose(convs: list[list[dict]], options: list[list[str]]) -> list[dict[str, int]]:
+        """Per conversation {"choice": most likely option, "calibrated_choice": the option whose likelihood the
+        audio raises most over the same question asked without it (domain-conditional PMI, Holtzman et al. 2021):
+        a small LLM's preference for some option strings cancels, what the audio adds remains}."""
         if params.model.use_transcription:
             convs = [with_cached_transcripts(c, transcripts) for c in convs]
         scores = model().option_logprobs(convs, options, batch_size=bs)
-        return [max(range(len(s)), key=s.__getitem__) for s in scores]
+        prior = model().option_logprobs([without_audio(c) for c in convs], options, batch_size=bs)
+        return [{"choice": argmax(s), "calibrated_choice": argmax([a - b for a, b in zip(s, p, strict=True)])}
+                for s, p in zip(scores, prior, strict=True)]
 
     choosers = {"model": choose} if params.evaluate.choice_scoring else {}
     return {"model": model_fn, "backbone": backbone_fn}, choosers
+
+
+def argmax(values: list[float]) -> int:
+    return max(range(len(values)), key=values.__getitem__)
 
 
 def with_cached_transcripts(conv: list[dict], cache: dict[str, str]) -> list[dict]:
@@ -139,14 +149,14 @@ def write_outputs(out_dir: Path, metrics: dict[str, float], records: dict[str, l
     (out_dir / "metrics.json").write_text(json.dumps(dict(sorted(metrics.items())), indent=2) + "\n")
     with open(out_dir / "plots" / "accuracy_by_slice.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["slice", "accuracy", "chance", "choice_accuracy"])
+        w.writerow(["slice", "accuracy", "chance", "choice_accuracy", "calibrated_choice_accuracy"])
         for k, v in sorted(metrics.items()):
             parts = k.split("/")
             if len(parts) == 3 and parts[2] == "accuracy":
                 base = f"{parts[0]}/{parts[1]}"
-                choice = metrics.get(f"{base}/choice_accuracy")
+                chosen = [metrics.get(f"{base}/{m}") for m in ("choice_accuracy", "calibrated_choice_accuracy")]
                 w.writerow([base, round(v, 4), metrics.get(f"{base}/chance", ""),
-                            "" if choice is None else round(choice, 4)])
+                            *("" if c is None else round(c, 4) for c in chosen)])
 
 
 def summary_table(metrics: dict[str, float]) -> str:

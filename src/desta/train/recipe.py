@@ -151,9 +151,9 @@ class Recipe:
     def train(self, tracker: Any) -> None:
         cfg, st, eng = self.cfg, self.state, self.engine
         if st.step == 0 and st.step0_val_loss is None:
-            st.step0_val_loss = self.validate()
-            st.best_val_loss = st.step0_val_loss
-            self.record(tracker, {"step": 0, "val_loss": st.step0_val_loss})
+            row0 = {"step": 0, **self.validate()}
+            st.step0_val_loss = st.best_val_loss = row0["val_loss"]
+            self.record(tracker, row0)
         bar = _progress(cfg.max_steps, st.step, enabled=cfg.progress and eng.is_main)
         batches = self.micro_batches()
         eng.module.train()
@@ -177,7 +177,7 @@ class Recipe:
             if not math.isfinite(row["train_loss"]):
                 raise FloatingPointError(f"step {st.step}: loss is {row['train_loss']}; lower train.lr or use fp32")
             if st.step % cfg.eval_every == 0 or st.step == cfg.max_steps:
-                row["val_loss"] = self.validate()
+                row |= self.validate()
                 if row["val_loss"] is not None and (st.best_val_loss is None or row["val_loss"] < st.best_val_loss):
                     st.best_val_loss = row["val_loss"]
             self.record(tracker, row, bar)
@@ -196,29 +196,39 @@ class Recipe:
         return to_device(inputs, self.device)
 
     @torch.no_grad()
-    def validate(self) -> float | None:
-        """Mean response-token loss over the valid split (fixed order, no dropout; consumes no RNG)."""
+    def validate(self) -> dict[str, float | None]:
+        """{"val_loss": mean response-token loss over the valid split (fixed order, no dropout; consumes no RNG)}.
+        With train.val_shuffled_audio also the same loss with every batch's audio windows rotated by one record
+        (each response scored against another clip's audio, its own text kept) and `audio_gap` = shuffled - own:
+        a falling val_loss with audio_gap near 0 means the connector learned a fixed prompt, not to carry the audio."""
         if self.valid_ds is None:
-            return None
+            return {"val_loss": None}
         module = self.engine.module
         was_training = module.training
         module.eval()
         sampler = BucketBatchSampler(self.valid_ds.lengths, self.cfg.micro_batch_size, seed=0, shuffle=False,
                                      drop_last=False, rank=self.engine.rank, world_size=self.engine.world_size)
-        total, weight = 0.0, 0
+        # token-weighted sums: own loss, tokens | on batches whose audio could be rotated: own loss, shuffled, tokens
+        stats = torch.zeros(5, dtype=torch.float64)
         for i, batch in enumerate(self.loader(self.valid_ds, sampler)):
             if self.cfg.max_val_batches is not None and i >= self.cfg.max_val_batches:
                 break
             if not batch["n_samples"]:
                 continue
-            loss = float(self.engine.forward(self.inputs(batch)))
-            total += loss * batch["n_label_tokens"]
-            weight += batch["n_label_tokens"]
+            inputs, n = self.inputs(batch), batch["n_label_tokens"]
+            own = float(self.engine.forward(inputs)) * n
+            stats[:2] += torch.tensor([own, n], dtype=torch.float64)
+            shuffled = rotate_audio(inputs) if self.cfg.val_shuffled_audio else None
+            if shuffled is not None:
+                stats[2:] += torch.tensor([own, float(self.engine.forward(shuffled)) * n, n], dtype=torch.float64)
         module.train(was_training)
-        stats = torch.tensor([total, float(weight)], dtype=torch.float64)
         if self.engine.world_size > 1:
             torch.distributed.all_reduce(stats)
-        return float(stats[0] / stats[1]) if stats[1] > 0 else None
+        out: dict[str, float | None] = {"val_loss": float(stats[0] / stats[1]) if stats[1] > 0 else None}
+        if stats[4] > 0:
+            out["val_loss_shuffled_audio"] = float(stats[3] / stats[4])
+            out["audio_gap"] = float((stats[3] - stats[2]) / stats[4])
+        return out
 
     def record(self, tracker: Any, row: dict[str, Any], bar: Any = None) -> None:
         self.state.history.append(row)
@@ -280,9 +290,12 @@ class Recipe:
     def summary(self) -> dict[str, Any]:
         st, hist = self.state, self.state.history
         vals = [r["val_loss"] for r in hist if r.get("val_loss") is not None]
+        gaps = [r["audio_gap"] for r in hist if r.get("audio_gap") is not None]
         speed = [r for r in hist if "samples_per_s" in r]
         return {"steps": st.step, "step0_val_loss": st.step0_val_loss, "final_val_loss": vals[-1] if vals else None,
-                "best_val_loss": st.best_val_loss, "final_train_loss": speed[-1]["train_loss"] if speed else None,
+                "best_val_loss": st.best_val_loss, "step0_audio_gap": gaps[0] if gaps else None,
+                "final_audio_gap": gaps[-1] if gaps else None,
+                "final_train_loss": speed[-1]["train_loss"] if speed else None,
                 "samples_per_s": _mean(r["samples_per_s"] for r in speed[1:] or speed),
                 "tokens_per_s": _mean(r["tokens_per_s"] for r in speed[1:] or speed),
                 "samples_seen": st.samples, "tokens_seen": st.tokens, "skipped_clips": st.skipped_clips,
@@ -332,13 +345,25 @@ def param_counts(model: nn.Module) -> dict[str, int]:
     return {"trainable": t, "frozen": f, "total": t + f}
 
 
+def rotate_audio(inputs: dict[str, Any]) -> dict[str, Any] | None:
+    """The batch with its audio windows rotated by one (window i gets window i+1's features and length; token
+    positions unchanged), so every record is scored against another clip's audio; None with fewer than 2 windows."""
+    present = [k for k in ("audio_hidden", "input_features", "audio_frames") if inputs.get(k) is not None]
+    if not present or inputs[present[0]].shape[0] < 2:
+        return None
+    return {k: torch.roll(v, -1, dims=0) if k in present else v for k, v in inputs.items()}
+
+
+LOSS_COLUMNS = ("train_loss", "val_loss", "val_loss_shuffled_audio")
+
+
 def write_loss_csv(path: Path, history: list[dict[str, Any]]) -> None:
-    """step,train_loss,val_loss (DVC plots); empty cells where a value was not measured at that step."""
+    """step + LOSS_COLUMNS (DVC plots); empty cells where a value was not measured at that step."""
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["step", "train_loss", "val_loss"])
+        w.writerow(["step", *LOSS_COLUMNS])
         for r in history:
-            w.writerow([r["step"], _fmt(r.get("train_loss")), _fmt(r.get("val_loss"))])
+            w.writerow([r["step"], *(_fmt(r.get(k)) for k in LOSS_COLUMNS)])
 
 
 def _fmt(v: float | None) -> str:

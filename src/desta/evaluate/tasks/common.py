@@ -25,6 +25,18 @@ def audio_conversation(audio: str | None, text: str, system: str | None = None) 
     return ([{"role": "system", "content": system}] if system else []) + [user]
 
 
+def without_audio(conversation: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same conversation with every audio removed (entries and `<|AUDIO|>` markers): the text-only question
+    whose option likelihoods calibrate likelihood-ranked multiple choice."""
+    out = []
+    for m in conversation:
+        if m.get("audios"):
+            content = " ".join(part.strip() for part in str(m.get("content", "")).split(AUDIO) if part.strip())
+            m = {k: v for k, v in m.items() if k != "audios"} | {"content": content}
+        out.append(m)
+    return out
+
+
 def mcq_prompt(question: str, choices: list[str]) -> str:
     """DeSTA2.5's MMAU prompt: `{question} Choose from the following options: "a", "b", "c" or "d"`."""
     quoted = [f'"{c}"' for c in choices]

@@ -4,8 +4,9 @@ Three kinds of items, built deterministically from ground-truth metadata (attrib
   mcq     multiple choice on gender, accent, speaking speed, pitch, emotion, sound class, music instrument / key /
           mode / tempo, and SNR; options = the answer + up to 3 other values seen in the manifest; clips balanced
           across answers; the generated answer scored with MMAU's string match after stripping "The correct answer
-          is:" (`accuracy`) and, with evaluate.choice_scoring, the most likely option (`choice_accuracy`); chance
-          level reported beside each score
+          is:" (`accuracy`) and, with evaluate.choice_scoring, the most likely option (`choice_accuracy`) and the
+          option the audio makes most likely (`calibrated_choice_accuracy`: log p(option | audio, question) minus
+          log p(option | question)); chance level reported beside each score
   asr     "Transcribe the speech" on clips with a transcript; corpus WER (jiwer)
   ifeval  describe the audio under one IFEval constraint (data/instructions.json); following rate
 """
@@ -40,6 +41,8 @@ def _sound(c: Clip) -> str | None:
         return c.background
     return c.sound_labels[0] if c.domain == "sound" and c.sound_labels else None
 
+
+CHOICE_METHODS = ("choice", "calibrated_choice")  # record keys `<method>_correct` -> metrics `<method>_accuracy`
 
 # attribute -> (question, value of a clip or None)
 ATTRIBUTES: dict[str, tuple[str, Callable[[Clip], str | None]]] = {
@@ -153,10 +156,11 @@ class HeldoutTask(Task):
         mcq = [r for r in records if r["reference"]["kind"] == "mcq"]
         out = super().aggregate(mcq) if mcq else {}
         out["chance"] = scorers.chance_level([r["n_options"] for r in mcq])
-        chosen = [r for r in mcq if "choice_correct" in r]
-        if chosen:  # likelihood-ranked option (evaluate.choice_scoring), beside the generated answer's accuracy
-            out |= {k: v for k, v in slice_metrics(chosen, "choice_correct", "choice_accuracy",
-                                                   self.group_key).items() if k != "n_items"}
+        for method in CHOICE_METHODS:  # likelihood-ranked options (evaluate.choice_scoring), beside `accuracy`
+            chosen = [r for r in mcq if f"{method}_correct" in r]
+            if chosen:
+                out |= {k: v for k, v in slice_metrics(chosen, f"{method}_correct", f"{method}_accuracy",
+                                                       self.group_key).items() if k != "n_items"}
         for attr in sorted({r["slices"]["attribute"] for r in mcq}):
             out[f"{attr}/chance"] = scorers.chance_level([r["n_options"] for r in mcq
                                                           if r["slices"]["attribute"] == attr])
