@@ -47,3 +47,27 @@ def test_zero_trains_saves_trainable_only_and_resumes(tmp_path, single_rank, sta
     resumed = run_train(tiny_params(tmp_path, **ds), factory)
     assert resumed["resumed_from"].endswith("step-00000002")
     assert losses(tmp_path / "model") == losses(full / "model")
+
+
+@pytest.mark.parametrize(("raw", "want"), [
+    ("9.0a", "9.0"),                  # the H100 image's value that broke FusedAdam's JIT build
+    ("8.0;9.0a 10.0f+PTX", "8.0;9.0;10.0+PTX"),
+    ("9.0;9.0a", "9.0"),              # duplicates collapse
+    ("7.5;8.6+PTX", "7.5;8.6+PTX"),   # already numeric: untouched
+])
+def test_jit_arch_list_drops_arch_specific_suffixes(raw, want):
+    from desta.train.deepspeed import _jit_safe_arch_list
+
+    env = {"TORCH_CUDA_ARCH_LIST": raw}
+    _jit_safe_arch_list(env)
+    assert env["TORCH_CUDA_ARCH_LIST"] == want
+    parts = env["TORCH_CUDA_ARCH_LIST"].split(";")  # what DeepSpeed's builder does with it
+    assert all(int(x) >= 0 for cc in parts for x in cc.split("+")[0].split("."))
+
+
+def test_jit_arch_list_absent_stays_absent():
+    from desta.train.deepspeed import _jit_safe_arch_list
+
+    env: dict[str, str] = {}
+    _jit_safe_arch_list(env)
+    assert "TORCH_CUDA_ARCH_LIST" not in env

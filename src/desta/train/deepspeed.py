@@ -192,6 +192,7 @@ class DeepSpeedEngine(Engine):
         for k, v in SINGLE_PROCESS_ENV.items():
             os.environ.setdefault(k, v)
         os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+        _jit_safe_arch_list(os.environ)
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", verbose=False)
@@ -247,6 +248,24 @@ class DeepSpeedEngine(Engine):
 
         params = [p for p in self.module.parameters() if p.requires_grad]
         return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+
+def _jit_safe_arch_list(env: dict[str, str] | os._Environ) -> None:
+    """DeepSpeed's JIT op builder (FusedAdam, CPUAdam) parses TORCH_CUDA_ARCH_LIST as numbers and dies on the
+    arch-specific suffixes CUDA images set for Hopper/Blackwell ("9.0a", "10.0f": `invalid literal for int()`).
+    Those suffixes only matter for wgmma/TMA kernels, not for these ops, so drop them (a +PTX suffix stays)."""
+    raw = env.get("TORCH_CUDA_ARCH_LIST", "")
+    archs = [a for a in raw.replace(" ", ";").split(";") if a.strip()]
+    fixed = []
+    for arch in archs:
+        base, plus, ptx = arch.strip().partition("+")
+        major, _, minor = base.partition(".")
+        minor = minor.rstrip("abcdefghijklmnopqrstuvwxyz")
+        fixed.append(f"{major}.{minor}{plus}{ptx}" if minor else arch.strip())
+    fixed = list(dict.fromkeys(fixed))
+    if fixed != [a.strip() for a in archs]:
+        log.info("TORCH_CUDA_ARCH_LIST %r -> %r for DeepSpeed's JIT op builder", raw, ";".join(fixed))
+        env["TORCH_CUDA_ARCH_LIST"] = ";".join(fixed)
 
 
 def _destroy_group() -> None:
