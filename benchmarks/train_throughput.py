@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import time
 
@@ -124,7 +125,7 @@ def bench(strategy: str, args: argparse.Namespace, device: torch.device) -> dict
            "seq": args.seq, "step_s": round(dt, 4), "samples_per_s": round(args.batch * world / dt, 2),
            "tokens_per_s": round(args.batch * args.seq * world / dt, 1), "tflops_per_step": round(flops / 1e12, 3),
            "achieved_tflops_per_gpu": round(flops / dt / 1e12, 2),
-           "mfu": round(flops / dt / (peak * 1e12), 4) if peak and flops == flops else None,
+           "mfu": round(flops / dt / (peak * 1e12), 4) if peak and not math.isnan(flops) else None,
            "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
            "trainable_params": sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)}
     del engine, model, batch

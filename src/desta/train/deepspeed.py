@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -255,15 +256,9 @@ def _jit_safe_arch_list(env: dict[str, str] | os._Environ) -> None:
     arch-specific suffixes CUDA images set for Hopper/Blackwell ("9.0a", "10.0f": `invalid literal for int()`).
     Those suffixes only matter for wgmma/TMA kernels, not for these ops, so drop them (a +PTX suffix stays)."""
     raw = env.get("TORCH_CUDA_ARCH_LIST", "")
-    archs = [a for a in raw.replace(" ", ";").split(";") if a.strip()]
-    fixed = []
-    for arch in archs:
-        base, plus, ptx = arch.strip().partition("+")
-        major, _, minor = base.partition(".")
-        minor = minor.rstrip("abcdefghijklmnopqrstuvwxyz")
-        fixed.append(f"{major}.{minor}{plus}{ptx}" if minor else arch.strip())
-    fixed = list(dict.fromkeys(fixed))
-    if fixed != [a.strip() for a in archs]:
+    archs = [a for a in re.split(r"[;\s]+", raw) if a]
+    fixed = list(dict.fromkeys(re.sub(r"^(\d+\.\d+)[a-z]+", r"\1", a) for a in archs))
+    if fixed != archs:
         log.info("TORCH_CUDA_ARCH_LIST %r -> %r for DeepSpeed's JIT op builder", raw, ";".join(fixed))
         env["TORCH_CUDA_ARCH_LIST"] = ";".join(fixed)
 
