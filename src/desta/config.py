@@ -160,7 +160,7 @@ class ValidateConfig(_Strict):
     min_duration_s: float = Field(0.2, ge=0)
     max_duration_s: float = Field(60.0, gt=0)
     sample_rates: list[int] | None = None  # original files' rates; None -> prepare.quality.allowed_sample_rates
-    response_min_chars: int = Field(8, ge=1)
+    response_min_chars: int = Field(3, ge=1)  # "A man." and "Siren." are whole answers; "" or "." are not
     response_max_chars: int = Field(4000, gt=1)
     max_leak_fraction: float = Field(0.1, ge=0, le=1)  # responses quoting seed timestamps/"metadata": critical above
     min_category_share: float = Field(0.02, ge=0, le=1)  # each prompt category must cover this share (warning)
@@ -228,8 +228,9 @@ class EvaluateConfig(_Strict):
     max_new_tokens: int = Field(64, gt=0)  # tasks may ask for more (MMAU 128) or less
     max_items: int | None = Field(None, gt=0)  # per task cap (smoke runs)
     seed: int = 0
-    heldout_max_per_attribute: int | None = Field(3, gt=0)  # MCQ items per attribute (None: all test clips)
+    heldout_max_per_attribute: int | None = Field(6, gt=0)  # MCQ items per attribute (None: all test clips)
     choice_scoring: bool = True  # also rank MCQ options by likelihood (`choice_accuracy`, `calibrated_choice_accuracy`)
+    heldout_open_questions: bool = True  # also ask each MCQ question without options (`open_accuracy`)
     heldout_asr_items: int = Field(4, ge=0)
     heldout_ifeval_items: int = Field(4, ge=0)
     retention_items: int | None = Field(8, gt=0)  # text-only instructions (each answered by model and backbone)

@@ -4,6 +4,7 @@ connector) on a few rendered demo clips; MLflow on a local sqlite file; then `--
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,10 @@ def test_evaluate_real_models_then_compare(tmp_path):
         assert key in metrics and np.isfinite(metrics[key]), key
     assert 0.0 <= metrics["heldout/accuracy"] <= 1.0
     preds = (tmp_path / "eval" / "predictions" / "heldout.jsonl").read_text().splitlines()
-    assert len(preds) == metrics["heldout/n_items"] + 1 + 1  # mcq + asr + ifeval
+    kinds = Counter(json.loads(p)["reference"]["kind"] for p in preds)
+    assert kinds["mcq"] == metrics["heldout/n_items"] and kinds["asr"] == kinds["ifeval"] == 1
+    assert 0 < kinds["open"] <= kinds["mcq"] and 0 <= metrics["heldout/open_accuracy"] <= 1  # no open music key
+    assert 0 < metrics["heldout/accuracy_p"] <= 1 and 0 < metrics["heldout/open_accuracy_p"] <= 1
     assert all(isinstance(json.loads(p)["prediction"], str) for p in preds)
     assert (tmp_path / "eval" / "plots" / "accuracy_by_slice.csv").is_file()
     assert summary["run_id"]

@@ -49,8 +49,8 @@ def test_bad_literal_and_nested_key(tmp_path):
 
 
 def test_validate_section_alias(tmp_path):
-    params = load_params(write(tmp_path, {"validate": {"response_min_chars": 3}}))
-    assert params.validate_.response_min_chars == 3
+    params = load_params(write(tmp_path, {"validate": {"response_min_chars": 5}}))
+    assert params.validate_.response_min_chars == 5
 
 
 def test_source_without_path_fails_early(tmp_path):

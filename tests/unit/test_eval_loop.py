@@ -50,6 +50,7 @@ def oracle(items: list[Item]):
         for c in convs:
             ref = by_prompt[key(c)]
             out.append(f'The correct answer is: "{ref["answer"]}"' if ref["kind"] == "mcq"
+                       else f"I would say {ref['answer'].lower()}." if ref["kind"] == "open"
                        else ref.get("transcript", "hello"))
         return out
 
@@ -81,12 +82,41 @@ def test_heldout_scores_with_oracle_and_first_option(manifest):
     task = HeldoutTask(manifest, n_ifeval=0)
     metrics, records = run_task(task, {"model": oracle(task.items())}, batch_size=3)
     assert metrics["heldout/accuracy"] == 1.0 and metrics["heldout/gender/accuracy"] == 1.0
+    assert metrics["heldout/open_accuracy"] == 1.0 and metrics["heldout/gender/open_accuracy"] == 1.0
     assert metrics["heldout/wer"] == 0.0
     assert 0 < metrics["heldout/chance"] < 1 and metrics["heldout/gender/chance"] == 0.5  # 2 genders in manifest
     mcq = [r for r in records if r["reference"]["kind"] == "mcq"]
     expected = sum(r["reference"]["choices"][0] == r["reference"]["answer"] for r in mcq) / len(mcq)
     metrics2, _ = run_task(task, {"model": first_option}, batch_size=4)
     assert metrics2["heldout/accuracy"] == pytest.approx(expected)
+
+
+def test_heldout_open_questions_ask_without_options_and_score_free_answers(manifest):
+    task = HeldoutTask(manifest, n_asr=0, n_ifeval=0)
+    items = task.items()
+    mcq = {i.id: i for i in items if i.reference["kind"] == "mcq"}
+    open_ = [i for i in items if i.reference["kind"] == "open"]
+    assert all(i.id.removesuffix("#open") in mcq for i in open_)
+    attrs = {i.slices["attribute"] for i in mcq.values()}
+    assert {i.slices["attribute"] for i in open_} == attrs - {"music_key"}  # "C", "D": not words
+    for i in open_:
+        twin = mcq[i.id.removesuffix("#open")]
+        assert (i.reference["answer"], i.reference["options"]) == (twin.reference["answer"], twin.reference["choices"])
+        assert "Choose from" not in i.conversation[-1]["content"] and "correct answer" not in str(i.conversation)
+        assert i.conversation[-1]["audios"] == twin.conversation[-1]["audios"]
+    answers = {"speech_000.wav": "It sounds like a woman.", "speech_001.wav": "A man, I think, or a woman."}
+
+    def free(convs):  # names the gender in words; the second answer names both options
+        return [answers.get(c[-1]["audios"][0]["audio"].rsplit("/", 1)[1], "no idea") for c in convs]
+
+    metrics, records = run_task(task, {"model": free})
+    gender = {r["id"]: r for r in records if r["id"].endswith("#gender#open")}
+    assert gender["demo/speech_000#gender#open"]["open_correct"] == 1.0
+    assert sorted(gender["demo/speech_001#gender#open"]["named"]) == ["Female", "Male"]
+    assert metrics["heldout/gender/open_accuracy"] == 0.5
+    assert metrics["heldout/gender/open_accuracy_p"] == pytest.approx(0.75)  # 1 of 2 right at chance 1/2
+    assert 0 < metrics["heldout/open_accuracy"] < 1 and 0 < metrics["heldout/accuracy_p"] <= 1
+    assert not any(i.reference["kind"] == "open" for i in HeldoutTask(manifest, open_questions=False).items())
 
 
 def test_heldout_instruction_items_use_ifeval(manifest):
@@ -152,11 +182,12 @@ def test_heldout_capped_selection_is_balanced_across_answers(tmp_path):
     clips = [_clip(i, "test", "speech", gender="Male" if i < 6 else "Female") for i in range(8)]
     write_shard(clips, tmp_path / "manifest-00000.parquet")
     task = HeldoutTask(tmp_path, max_per_attribute=4, n_asr=0, n_ifeval=0)
-    answers = [i.reference["answer"] for i in task.items() if i.slices["attribute"] == "gender"]
+    answers = [i.reference["answer"] for i in task.items() if i.id.endswith("#gender")]
     assert sorted(answers) == ["Female", "Female", "Male", "Male"]
-    # a constant answer scores exactly chance on a balanced set
+    # a constant answer scores exactly chance on a balanced set, for the options and for the open question
     metrics, _ = run_task(task, {"model": lambda convs: ["Male"] * len(convs)})
     assert metrics["heldout/gender/accuracy"] == 0.5 == metrics["heldout/gender/chance"]
+    assert metrics["heldout/gender/open_accuracy"] == 0.5 and metrics["heldout/gender/accuracy_p"] > 0.5
 
 
 def test_choice_scoring_reports_choice_accuracy_beside_generated_accuracy(manifest):
@@ -173,7 +204,8 @@ def test_choice_scoring_reports_choice_accuracy_beside_generated_accuracy(manife
     metrics, records = run_task(task, {"model": first_option}, batch_size=3, choosers={"model": pick_answer})
     assert metrics["heldout/choice_accuracy"] == 1.0 and metrics["heldout/gender/choice_accuracy"] == 1.0
     assert metrics["heldout/accuracy"] < 1.0  # the generated answers (first option) are scored separately
-    assert all(r["choice"] == r["reference"]["answer"] for r in records)
+    assert all(r["choice"] == r["reference"]["answer"] for r in records if r["reference"]["kind"] == "mcq")
+    assert not any("choice" in r for r in records if r["reference"]["kind"] == "open")  # no options to rank
     # a chooser ranking in several ways reports each; the calibrated one here always picks the first option
     def two_ways(convs, options):
         return [{"choice": i, "calibrated_choice": 0} for i in pick_answer(convs, options)]
@@ -181,7 +213,8 @@ def test_choice_scoring_reports_choice_accuracy_beside_generated_accuracy(manife
     metrics, records = run_task(task, {"model": first_option}, batch_size=3, choosers={"model": two_ways})
     assert metrics["heldout/choice_accuracy"] == 1.0
     assert metrics["heldout/calibrated_choice_accuracy"] == metrics["heldout/accuracy"]  # = first_option's answers
-    assert all(r["calibrated_choice"] == r["reference"]["choices"][0] for r in records)
+    assert all(r["calibrated_choice"] == r["reference"]["choices"][0] for r in records
+               if r["reference"]["kind"] == "mcq")
     # tasks without choice scoring ignore choosers
     plain, recs = run_task(RetentionTask(2), {"model": lambda c: ["x"] * len(c), "backbone": lambda c: ["x"] * len(c)},
                            choosers={"model": pick_answer})

@@ -28,6 +28,37 @@ def test_mmau_shared_tokens_between_answer_and_choices_are_allowed():
     assert not scorers.mmau_string_match("Yes", "yes and no", ["Yes", "No"])
 
 
+GENDER = {"female": ("woman", "girl"), "male": ("man", "boy")}
+
+
+@pytest.mark.parametrize(("prediction", "options", "named"), [
+    ("The speaker is a woman.", ["Female", "Male"], ["Female"]),  # alias
+    ("The speaker is female.", ["Male", "Female"], ["Female"]),  # "male" is not a word of "female"
+    ("A male voice, or maybe a female one.", ["Female", "Male"], ["Female", "Male"]),  # hedging names both
+    ("Birds chirping over an alarm beeping", ["bird chirps", "alarm beeps", "siren"], ["bird chirps", "alarm beeps"]),
+    ("an engine humming at low speed", ["engine hum", "rain", "clock ticking"], ["engine hum"]),  # stems
+    ("a ticking clock", ["clock ticking", "rain"], ["clock ticking"]),  # word order is free
+    ("Her voice is very high.", ["High", "Very high", "Low"], ["Very high"]),  # the longer option wins
+    ("The pitch is high.", ["High", "Very high", "Low"], ["High"]),
+    ("It is in the key of C.", ["C", "D"], []),  # one-letter options cannot be told from words
+    ("I cannot tell.", ["Female", "Male"], []),
+])
+def test_named_options_in_free_answers(prediction, options, named):
+    assert scorers.named_options(prediction, options, GENDER) == named
+
+
+def test_p_above_chance_is_the_exact_guessing_tail():
+    from math import comb
+
+    assert scorers.p_above_chance([1, 1], [0.5, 0.5]) == pytest.approx(0.25)
+    assert scorers.p_above_chance([0, 0, 0], [0.5, 0.25, 0.1]) == pytest.approx(1.0)
+    assert scorers.p_above_chance([1, 0, 1], [0.5, 0.25, 1.0]) == pytest.approx(0.5 + 0.25 * 0.5)
+    hits = [1.0] * 20 + [0.0] * 11
+    assert scorers.p_above_chance(hits, [0.5] * 31) == pytest.approx(sum(comb(31, k) for k in range(20, 32)) / 2**31)
+    with pytest.raises(ValueError, match="2 scores but 1 chance"):
+        scorers.p_above_chance([1, 0], [0.5])
+
+
 def test_strip_answer_prefix():
     assert scorers.strip_answer_prefix('The correct answer is: "Piano"') == "Piano"
     assert scorers.strip_answer_prefix("Well. the correct answer is: violin") == "violin"

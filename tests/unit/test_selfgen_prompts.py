@@ -19,7 +19,7 @@ def test_pool_is_large_unique_and_covers_categories():
     assert len(pool.prompts) >= 500
     assert len({p.text for p in pool.prompts}) == len(pool.prompts)
     assert set(pool.categories) == {"description", "transcription", "paralinguistic", "sound", "music", "reasoning",
-                                    "creative", "format"}
+                                    "creative", "format", "labels"}
     assert all(p.id.startswith("p") for p in pool.prompts) and len(pool.version) == 12
 
 
@@ -67,3 +67,23 @@ def test_category_weights_shift_the_mix_and_unknown_categories_fail():
     assert sample_prompts(pool, _clip(3), 2, 0, {}) == sample_prompts(pool, _clip(3), 2, 0)  # {} = uniform
     with pytest.raises(ValueError, match="generate.category_weights: unknown category paralingustic"):
         check_category_weights(pool, {"paralingustic": 2.0})
+
+
+def test_label_prompts_only_for_clips_labelled_with_what_they_ask(tmp_path):
+    from desta.selfgen.prompts import applicable
+
+    pool = load_pool()
+    labelled = Clip(id="c/g", audio="a.wav", duration=1.0, sample_rate=16000, channels=1, source="c",
+                    domain="speech", transcript="hi", gender="Female", accent="British")
+    asks = {p.text for p in applicable(pool, labelled)["labels"]}
+    assert "Is the speaker male or female? Answer in one short sentence." in asks
+    assert "What is the speaker's gender and accent? Answer briefly." in asks
+    assert not any("pitch" in t or "background" in t for t in asks)  # needs pitch / background labels
+    assert "labels" not in applicable(pool, _clip(0))  # no labels at all: the category is not offered
+    music = Clip(id="c/m", audio="a.wav", duration=1.0, sample_rate=16000, channels=1, source="c", domain="music",
+                 music_instrument="piano", music_mode="minor")
+    assert all(set(p.requires) <= {"music_instrument", "music_mode"} for p in applicable(pool, music)["labels"])
+    bad = tmp_path / "pool.jsonl"
+    bad.write_text('{"id": "p1", "category": "labels", "domains": ["speech"], "text": "Age?", "requires": ["agee"]}\n')
+    with pytest.raises(ValueError, match=r"pool.jsonl:1: prompt p1: requires unknown clip field\(s\) \['agee'\]"):
+        load_pool(bad)

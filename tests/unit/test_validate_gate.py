@@ -9,7 +9,7 @@ import soundfile as sf
 
 from desta.config import params_from_dict
 from desta.data.manifest import Clip, write_shard
-from desta.selfgen.prompts import load_pool
+from desta.selfgen.prompts import applicable, load_pool
 from desta.selfgen.records import build_record, shard_path
 from desta.validate.gate import ValidationFailed, run_validate
 
@@ -21,7 +21,9 @@ RESPONSES = ["The speaker sounds calm and friendly.", "A dog barks twice near a 
 def build(root: Path, n: int = 24, **broken) -> dict:
     """A manifest of n clips + 1 record per clip spread over every prompt category; `broken` tweaks one aspect."""
     pool = load_pool()
-    prompts = {p.category: p for p in pool.prompts if "speech" in p.domains}
+    unlabelled = Clip(id="x", audio="x.wav", duration=1.0, sample_rate=16000, channels=1, source="demo",
+                      domain="speech", transcript="hello")
+    prompts = {c: ps[0] for c, ps in applicable(pool, unlabelled).items()}  # every category these clips can get
     cats = sorted(prompts)
     clips, records = [], []
     for i in range(n):
@@ -34,7 +36,7 @@ def build(root: Path, n: int = 24, **broken) -> dict:
                     transcript="hello")
         clips.append(clip)
         if split != "test":
-            cat = [c for c in cats if "speech" in prompts[c].domains][len(records) % 6]
+            cat = cats[len(records) % len(cats)]
             rec = build_record(clip, 0, "[00:00-00:01] hello (Duration: 1s)", prompts[cat],
                                f"{RESPONSES[i % len(RESPONSES)]} ({i})",
                                {"generator": "x", "generator_hash": "sha256:0", "gen_params": {}, "seed": 0})
@@ -123,3 +125,19 @@ def test_warnings_do_not_block_unless_asked(tmp_path):
     assert ("generated", "expect_column_values_to_not_match_regex_list", "response") in failures(tmp_path, "warning")
     with pytest.raises(ValidationFailed):
         run_validate(params_from_dict({**raw, "validate": {"fail_on_warning": True}}))
+
+
+def test_label_categories_are_expected_only_when_some_clip_has_the_labels():
+    import pandas as pd
+
+    from desta.validate.gate import expected_categories
+
+    pool = load_pool()
+    bare = pd.DataFrame({"domain": ["speech", "sound"], "gender": [None, None], "sound_labels": [None, np.array([])]})
+    assert "labels" not in expected_categories(pool, bare, {"speech", "sound"})
+    assert "paralinguistic" in expected_categories(pool, bare, {"speech"})
+    assert expected_categories(pool, bare, {"music"}) == sorted({p.category for p in pool.prompts
+                                                                if "music" in p.domains and not p.requires})
+    one = bare.assign(sound_labels=[None, np.array(["siren"])])
+    assert "labels" in expected_categories(pool, one, {"sound"})
+    assert "labels" not in expected_categories(pool, one, {"speech"})  # the labelled clip is not a speech clip

@@ -149,6 +149,62 @@ def chance_level(n_options: Sequence[int]) -> float:
     return float(sum(1.0 / n for n in n_options) / len(n_options)) if n_options else 0.0
 
 
+def p_above_chance(hits: Sequence[float], chance: Sequence[float]) -> float:
+    """One-sided exact test that accuracy beats guessing: P(a uniform guesser gets at least sum(hits) right), where
+    item i is guessed right with probability chance[i] (Poisson-binomial upper tail, computed exactly)."""
+    if len(hits) != len(chance):
+        raise ValueError(f"p_above_chance: {len(hits)} scores but {len(chance)} chance levels")
+    dist = [1.0]  # dist[k] = P(k right so far)
+    for p in chance:
+        dist = [(dist[k] if k < len(dist) else 0.0) * (1 - p) + (dist[k - 1] * p if k else 0.0)
+                for k in range(len(dist) + 1)]
+    k = int(round(sum(hits)))
+    return float(min(1.0, sum(dist[k:])))
+
+
+# ------------------------------------------------------------------------------------------- open-ended answers
+_SUFFIXES = ("ing", "ed", "es", "ly", "er", "s")
+
+
+def _stem(word: str) -> str:
+    """Light suffix stripping so "beeping"/"beeps" -> "beep", "humming" -> "hum", "faster" -> "fast"."""
+    for suffix in _SUFFIXES:
+        if suffix == "es" and word.endswith("es") and not word[:-2].endswith(("s", "x", "z", "ch", "sh")):
+            suffix = "s"  # "females" -> "female", "boxes" -> "box"
+        if suffix == "s" and word.endswith(("ss", "us", "is")):
+            break
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            word = word[: -len(suffix)]
+            if len(word) > 3 and word[-1] == word[-2] and word[-1] not in "aeiouls":
+                word = word[:-1]
+            break
+    return word
+
+
+def _stems(text: str) -> set[str]:
+    return {_stem(w) for w in re.findall(r"[a-z0-9]+", str(text).lower())}
+
+
+def named_options(prediction: str, options: Sequence[str],
+                  aliases: dict[str, Sequence[str]] | None = None) -> list[str]:
+    """The options a free-form answer names: every word of the option (or of one of its aliases, e.g. "woman" for
+    "Female") occurs in the answer up to a light stemming; an option whose words are all part of another named
+    option ("High" inside "Very high") does not count on its own. Options without a word of 2+ letters never match."""
+    said = _stems(prediction)
+
+    def keys(text: str) -> set[str]:
+        return {w for w in _stems(text) if len(w) >= 2}
+
+    named: dict[str, set[str]] = {}
+    for option in options:
+        for form in (option, *(aliases or {}).get(option.lower(), ())):
+            words = keys(form)
+            if words and words <= said:
+                named[option] = keys(option)
+                break
+    return [o for o in named if not any(named[o] < named[other] for other in named if other != o)]
+
+
 def accuracy_by(records: Sequence[dict[str, Any]], key: str, score: str = "correct") -> dict[str, float]:
     """Mean of record[score] grouped by record[key] (records lacking the key are skipped)."""
     groups: dict[str, list[float]] = {}

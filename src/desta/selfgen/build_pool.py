@@ -3,7 +3,9 @@
 Run once when the templates change, then commit the jsonl (the pool is versioned data, not rebuilt at run time):
     python -m desta.selfgen.build_pool            # rewrites the shipped file
     python -m desta.selfgen.build_pool --check    # exit 1 if the shipped file differs from what the templates give
-Each line: {"id": "p0001", "category": ..., "domains": [...], "text": ...}. Ids are assigned in template order.
+Each line: {"id": "p0001", "category": ..., "domains": [...], "text": ...}, plus "requires": [Clip fields] for prompts
+that ask about labelled attributes (sampled only for clips that have every one of them, so the generator answers
+from the seed description instead of guessing). Ids are assigned in template order.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from pathlib import Path
 POOL_PATH = Path(__file__).parent / "data" / "prompts.jsonl"
 ALL = ["speech", "sound", "music"]
 
-# category -> (domains it applies to, [(template, {slot: values})]); slots expand as a Cartesian product.
-TEMPLATES: dict[str, tuple[list[str], list[tuple[str, dict[str, list[str]]]]]] = {
+# category -> (domains it applies to, [(template, {slot: values}[, (required Clip fields)])]); slots expand as a
+# Cartesian product.
+Template = tuple[str, dict[str, list[str]]] | tuple[str, dict[str, list[str]], tuple[str, ...]]
+TEMPLATES: dict[str, tuple[list[str], list[Template]]] = {
     "description": (ALL, [
         ("{verb} the audio{detail}.", {
             "verb": ["Describe", "Summarize", "Characterize", "Explain", "Give an overview of"],
@@ -152,6 +156,32 @@ TEMPLATES: dict[str, tuple[list[str], list[tuple[str, dict[str, list[str]]]]]] =
             "what is the overall mood of this audio?", "is this recording indoors or outdoors?",
             "what is the main sound?", "is the audio calm or intense?"]}),
     ]),
+    # Short answers naming the clip's labelled attributes (each prompt only for clips labelled with what it asks):
+    # the densest audio-grounded targets. Weighted up in the CPU demo (params.yaml generate.category_weights).
+    "labels": (ALL, [
+        ("{ask} Answer in one short sentence.", {"ask": [
+            "Is the speaker male or female?", "Is this a man or a woman speaking?",
+            "Who is speaking: a man or a woman?", "What is the speaker's gender?"]}, ("gender",)),
+        ("{ask} Answer briefly.", {"ask": [
+            "What is the speaker's gender and accent?", "Describe the speaker: gender and accent.",
+            "Is the speaker male or female, and what accent do they have?"]}, ("gender", "accent")),
+        ("{ask} One short sentence.", {"ask": [
+            "Describe the speaker's voice: gender, pitch and speaking speed.",
+            "Is the voice male or female, high or low, fast or slow?"]}, ("gender", "pitch", "speaking_speed")),
+        ("{ask} Answer in one short sentence.", {"ask": [
+            "Who is speaking, and what can be heard in the background?",
+            "Is the speaker a man or a woman, and what sound is behind the voice?"]}, ("gender", "background")),
+        ("{ask} Answer in a few words.", {"ask": [
+            "What sound is this?", "Name the main sound source.", "Which sound event can be heard?",
+            "What is making this sound?"]}, ("sound_labels",)),
+        ("{ask} Answer briefly.", {"ask": [
+            "Which instrument is playing?", "Name the instrument in this music.", "What instrument do you hear?"]},
+         ("music_instrument",)),
+        ("Which instrument is playing, and is the music fast or slow? One short sentence.", {},
+         ("music_instrument", "music_tempo_bpm")),
+        ("Is this music in a major or a minor key, and which instrument plays it? One short sentence.", {},
+         ("music_instrument", "music_mode")),
+    ]),
 }
 
 CATEGORIES = tuple(TEMPLATES)
@@ -162,14 +192,16 @@ def expand() -> list[dict]:
     seen: set[str] = set()
     rows: list[dict] = []
     for category, (domains, templates) in TEMPLATES.items():
-        for template, slots in templates:
+        for template, slots, *more in templates:
+            requires = list(more[0]) if more else []
             keys = list(slots)
             for values in itertools.product(*(slots[k] for k in keys)):
                 text = " ".join(template.format(**dict(zip(keys, values, strict=True))).split())
                 if text in seen:
                     continue
                 seen.add(text)
-                rows.append({"id": f"p{len(rows) + 1:04d}", "category": category, "domains": domains, "text": text})
+                row = {"id": f"p{len(rows) + 1:04d}", "category": category, "domains": domains, "text": text}
+                rows.append(row | {"requires": requires} if requires else row)
     return rows
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from desta.selfgen.build_pool import POOL_PATH
 from desta.selfgen.describe import has_speech_text
 
 NEEDS_SPEECH_TEXT = {"transcription"}  # categories that only make sense when the clip has words
+CLIP_FIELDS = frozenset(f.name for f in fields(Clip))
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Prompt:
     category: str
     domains: tuple[str, ...]
     text: str
+    requires: tuple[str, ...] = ()  # Clip fields the clip must have (labelled-attribute questions)
 
 
 @dataclass(frozen=True)
@@ -48,10 +50,15 @@ class PromptPool:
 def _parse_line(path: Path, lineno: int, line: str) -> Prompt:
     try:
         row = json.loads(line)
-        prompt = Prompt(str(row["id"]), str(row["category"]), tuple(row["domains"]), str(row["text"]).strip())
+        prompt = Prompt(str(row["id"]), str(row["category"]), tuple(row["domains"]), str(row["text"]).strip(),
+                        tuple(row.get("requires", ())))
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{path}:{lineno}: bad prompt line ({err}); each line needs id, category, domains, "
                          f"text; rebuild with `python -m desta.selfgen.build_pool`") from None
+    unknown = set(prompt.requires) - CLIP_FIELDS
+    if unknown:
+        raise ValueError(f"{path}:{lineno}: prompt {prompt.id}: requires unknown clip field(s) {sorted(unknown)}; "
+                         f"use manifest fields such as gender, accent, sound_labels, music_instrument")
     bad = set(prompt.domains) - set(DOMAINS)
     if not prompt.text or not prompt.domains or bad:
         raise ValueError(f"{path}:{lineno}: prompt {prompt.id}: empty text/domains or unknown domain(s) {bad}; "
@@ -75,11 +82,27 @@ def load_pool(path: str | Path = POOL_PATH) -> PromptPool:
 
 
 def applicable(pool: PromptPool, clip: Clip) -> dict[str, list[Prompt]]:
-    """Prompts usable for this clip, by category: its domain's prompts, minus transcription when it has no words."""
+    """Prompts usable for this clip, by category: its domain's prompts, minus transcription when it has no words and
+    minus prompts about attributes the clip is not labelled with (categories left empty are dropped)."""
     cats = pool.by_category(clip.domain)
     if not has_speech_text(clip):
         cats = {c: ps for c, ps in cats.items() if c not in NEEDS_SPEECH_TEXT}
-    return cats
+    cats = {c: [p for p in ps if all(labelled(getattr(clip, f)) for f in p.requires)] for c, ps in cats.items()}
+    return {c: ps for c, ps in cats.items() if ps}
+
+
+def labelled(value: object) -> bool:
+    """A clip field that holds a label: not None, NaN, blank text or an empty list (manifest rows give arrays)."""
+    if value is None:
+        return False
+    if isinstance(value, float):
+        return value == value
+    if isinstance(value, str):
+        return bool(value.strip())
+    try:
+        return len(value) > 0  # type: ignore[arg-type]
+    except TypeError:
+        return True
 
 
 def check_category_weights(pool: PromptPool, weights: dict[str, float] | None) -> None:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from desta.config import Params
 from desta.data.manifest import read_table
-from desta.selfgen.prompts import load_pool
+from desta.selfgen.prompts import PromptPool, labelled, load_pool
 from desta.selfgen.records import AUDIO_SLOT, REQUIRED_FIELDS, STATE_FILE, count_rejected, read_records
 from desta.validate.expectations import CRITICAL, Check, category_checks, generated_checks, manifest_checks
 
@@ -143,6 +143,24 @@ def _imported(params: Params) -> bool:
     return state.is_file() and bool(json.loads(state.read_text()).get("imported"))
 
 
+def expected_categories(pool: PromptPool, manifest: pd.DataFrame, domains: set[str]) -> list[str]:
+    """Prompt categories a generated clip could have drawn: the prompt's domain was generated and, for prompts that
+    require labels, some manifest clip of that domain has every one of them."""
+    coverable: dict[tuple[tuple[str, ...], tuple[str, ...]], bool] = {}
+    out: set[str] = set()
+    for p in pool.prompts:
+        key = (tuple(sorted(domains & set(p.domains))), p.requires)
+        if key not in coverable:
+            rows = manifest[manifest["domain"].isin(key[0])]
+            has = pd.Series(True, index=rows.index)
+            for field in p.requires:
+                has &= rows[field].map(labelled) if field in rows else False
+            coverable[key] = bool(key[0]) and (not p.requires or bool(has.any()))
+        if coverable[key]:
+            out.add(p.category)
+    return sorted(out)
+
+
 def _subjects(params: Params) -> list[tuple[str, pd.DataFrame, list[Check]]]:
     manifest = manifest_frame(params)
     subjects = [("manifest", manifest, manifest_checks(params))]
@@ -153,9 +171,7 @@ def _subjects(params: Params) -> list[tuple[str, pd.DataFrame, list[Check]]]:
             raise
         log.warning("validate: no generated set in %s; validating the manifests only", params.paths.generated)
         return subjects
-    pool = load_pool()
-    domains = set(generated["domain"].dropna())
-    expected = sorted({p.category for p in pool.prompts if domains & set(p.domains)})
+    expected = expected_categories(load_pool(), manifest, set(generated["domain"].dropna()))
     subjects.append(("generated", generated, generated_checks(params, _imported(params), expected)))
     if not _imported(params):
         subjects.append(("categories", category_frame(generated), category_checks(params)))

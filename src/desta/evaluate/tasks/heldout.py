@@ -1,14 +1,20 @@
 """Offline held-out benchmark built from the manifest's test split (`desta evaluate`, task "heldout").
 
-Three kinds of items, built deterministically from ground-truth metadata (attributes a clip lacks are skipped):
+Four kinds of items, built deterministically from ground-truth metadata (attributes a clip lacks are skipped):
   mcq     multiple choice on gender, accent, speaking speed, pitch, emotion, sound class, music instrument / key /
           mode / tempo, and SNR; options = the answer + up to 3 other values seen in the manifest; clips balanced
           across answers; the generated answer scored with MMAU's string match after stripping "The correct answer
           is:" (`accuracy`) and, with evaluate.choice_scoring, the most likely option (`choice_accuracy`) and the
           option the audio makes most likely (`calibrated_choice_accuracy`: log p(option | audio, question) minus
           log p(option | question)); chance level reported beside each score
+  open    (evaluate.heldout_open_questions) the same question about the same clip without the options, answered
+          freely (attributes whose options are words, so not music key); right when the answer names the true
+          value and no other option (`open_accuracy`; scorers.named_options, with "woman"/"man" for gender). Small
+          backbones that cannot follow the multiple-choice format still show here what the connector carries.
   asr     "Transcribe the speech" on clips with a transcript; corpus WER (jiwer)
   ifeval  describe the audio under one IFEval constraint (data/instructions.json); following rate
+Every accuracy also gets `<name>_p`: the exact one-sided p-value of that score under uniform guessing among the
+options (overall and per attribute).
 """
 
 from __future__ import annotations
@@ -42,6 +48,10 @@ def _sound(c: Clip) -> str | None:
     return c.sound_labels[0] if c.domain == "sound" and c.sound_labels else None
 
 
+# words that name an option in a free-form answer besides the option itself (attribute -> option -> aliases)
+ALIASES: dict[str, dict[str, tuple[str, ...]]] = {
+    "gender": {"female": ("woman", "women", "girl", "lady"), "male": ("man", "men", "boy", "gentleman", "guy")},
+}
 CHOICE_METHODS = ("choice", "calibrated_choice")  # record keys `<method>_correct` -> metrics `<method>_accuracy`
 
 # attribute -> (question, value of a clip or None)
@@ -76,9 +86,10 @@ class HeldoutTask(Task):
     choice_scoring = True
 
     def __init__(self, manifest_dir: str | Path, seed: int = 0, max_per_attribute: int | None = 20,
-                 n_asr: int = 16, n_ifeval: int = 8):
+                 n_asr: int = 16, n_ifeval: int = 8, open_questions: bool = True):
         self.manifest_dir, self.seed = Path(manifest_dir), seed
         self.max_per_attribute, self.n_asr, self.n_ifeval = max_per_attribute, n_asr, n_ifeval
+        self.open_questions = open_questions
 
     def vocabularies(self) -> dict[str, list[str]]:
         """Every value each attribute takes anywhere in the manifest (the option pool), sorted."""
@@ -123,6 +134,12 @@ class HeldoutTask(Task):
                 conv = audio_conversation(c.audio, mcq_prompt(question, choices), MCQ_SYSTEM)
                 items.append(Item(f"{c.id}#{attr}", conv, {"kind": "mcq", "answer": answer, "choices": choices},
                                   _slices(c, attribute=attr)))
+                # open twin only when every option, said verbatim, is recognised (not music keys "C", "D", ...);
+                # "options", not "choices": the likelihood choosers skip these
+                if self.open_questions and all(scorers.named_options(o, [o]) == [o] for o in choices):
+                    items.append(Item(f"{c.id}#{attr}#open", audio_conversation(c.audio, question, DESTA_SYSTEM),
+                                      {"kind": "open", "answer": answer, "options": choices},
+                                      _slices(c, attribute=attr)))
         return items
 
     def _asr(self, clips: list[Clip]) -> list[Item]:
@@ -147,6 +164,9 @@ class HeldoutTask(Task):
         if ref["kind"] == "mcq":
             hit = scorers.mmau_string_match(ref["answer"], scorers.strip_answer_prefix(prediction), ref["choices"])
             return {"correct": float(hit), "n_options": len(ref["choices"])}
+        if ref["kind"] == "open":
+            named = scorers.named_options(prediction, ref["options"], ALIASES.get(item.slices["attribute"]))
+            return {"open_correct": float(named == [ref["answer"]]), "n_options": len(ref["options"]), "named": named}
         if ref["kind"] == "ifeval":
             return {"followed": float(all(ifeval_checks.check(prediction, ref["instruction_id_list"], ref["kwargs"],
                                                               ref["prompt"])))}
@@ -164,6 +184,13 @@ class HeldoutTask(Task):
         for attr in sorted({r["slices"]["attribute"] for r in mcq}):
             out[f"{attr}/chance"] = scorers.chance_level([r["n_options"] for r in mcq
                                                           if r["slices"]["attribute"] == attr])
+        open_ = [r for r in records if r["reference"]["kind"] == "open"]
+        if open_:
+            out |= {k: v for k, v in slice_metrics(open_, "open_correct", "open_accuracy", self.group_key).items()
+                    if k != "n_items"}
+        for key, rows in (("correct", mcq), *((f"{m}_correct", mcq) for m in CHOICE_METHODS),
+                          ("open_correct", open_)):
+            out |= _p_values(rows, key, key.replace("correct", "accuracy"))
         asr = [r for r in records if r["reference"]["kind"] == "asr"]
         if asr:
             out["wer"] = scorers.wer([r["reference"]["transcript"] for r in asr], [r["prediction"] for r in asr])
@@ -171,6 +198,17 @@ class HeldoutTask(Task):
         if follow:
             out["ifeval_following_rate"] = scorers.mean(follow)
         return out
+
+
+def _p_values(records: list[dict[str, Any]], key: str, metric: str) -> dict[str, float]:
+    """`<metric>_p` overall and per attribute: P(uniform guessing scores at least as well), exact."""
+    scored = [r for r in records if r.get(key) is not None]
+    out: dict[str, float] = {}
+    for attr in [None, *sorted({r["slices"]["attribute"] for r in scored})]:
+        rows = [r for r in scored if attr is None or r["slices"]["attribute"] == attr]
+        name = f"{metric}_p" if attr is None else f"{attr}/{metric}_p"
+        out[name] = scorers.p_above_chance([r[key] for r in rows], [1.0 / r["n_options"] for r in rows])
+    return out if scored else {}
 
 
 def _slices(c: Clip, **extra: str) -> dict[str, str]:
