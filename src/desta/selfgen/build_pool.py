@@ -157,7 +157,7 @@ TEMPLATES: dict[str, tuple[list[str], list[Template]]] = {
             "what is the main sound?", "is the audio calm or intense?"]}),
     ]),
     # Short answers naming the clip's labelled attributes (each prompt only for clips labelled with what it asks):
-    # the densest audio-grounded targets. Weighted up in the CPU demo (params.yaml generate.category_weights).
+    # the densest audio-grounded targets. Uniform weight by default; generate.category_weights can raise it.
     "labels": (ALL, [
         ("{ask} Answer in one short sentence.", {"ask": [
             "Is the speaker male or female?", "Is this a man or a woman speaking?",
