@@ -152,10 +152,8 @@ def expected_categories(pool: PromptPool, manifest: pd.DataFrame, domains: set[s
         key = (tuple(sorted(domains & set(p.domains))), p.requires)
         if key not in coverable:
             rows = manifest[manifest["domain"].isin(key[0])]
-            has = pd.Series(True, index=rows.index)
-            for field in p.requires:
-                has &= rows[field].map(labelled) if field in rows else False
-            coverable[key] = bool(key[0]) and (not p.requires or bool(has.any()))
+            coverable[key] = bool(key[0]) and (not p.requires or (set(p.requires) <= set(rows.columns) and bool(
+                rows[list(p.requires)].map(labelled).all(axis=1).any())))
         if coverable[key]:
             out.add(p.category)
     return sorted(out)
