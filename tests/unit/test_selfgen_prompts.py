@@ -76,7 +76,7 @@ def test_label_prompts_only_for_clips_labelled_with_what_they_ask(tmp_path):
     labelled = Clip(id="c/g", audio="a.wav", duration=1.0, sample_rate=16000, channels=1, source="c",
                     domain="speech", transcript="hi", gender="Female", accent="British")
     asks = {p.text for p in applicable(pool, labelled)["labels"]}
-    assert "Is the speaker male or female? Answer in one short sentence." in asks
+    assert "What is the speaker's gender? Answer in a few words." in asks
     assert "What is the speaker's gender and accent? Answer briefly." in asks
     assert not any("pitch" in t or "background" in t for t in asks)  # needs pitch / background labels
     assert "labels" not in applicable(pool, _clip(0))  # no labels at all: the category is not offered

@@ -159,18 +159,20 @@ TEMPLATES: dict[str, tuple[list[str], list[Template]]] = {
     # Short answers naming the clip's labelled attributes (each prompt only for clips labelled with what it asks):
     # the densest audio-grounded targets. Uniform weight by default; generate.category_weights can raise it.
     "labels": (ALL, [
-        ("{ask} Answer in one short sentence.", {"ask": [
-            "Is the speaker male or female?", "Is this a man or a woman speaking?",
-            "Who is speaking: a man or a woman?", "What is the speaker's gender?"]}, ("gender",)),
+        # "What is/are ..." wording: the 135M generator copies the label from the description (47-48 of 48 right
+        # on demo clips); "male or female?" wording made it echo an option ("The speaker is a male", 1 in 4 wrong)
+        ("{ask} Answer in a few words.", {"ask": [
+            "What is the speaker's gender?", "State the speaker's gender."]}, ("gender",)),
         ("{ask} Answer briefly.", {"ask": [
-            "What is the speaker's gender and accent?", "Describe the speaker: gender and accent.",
-            "Is the speaker male or female, and what accent do they have?"]}, ("gender", "accent")),
-        ("{ask} One short sentence.", {"ask": [
-            "Describe the speaker's voice: gender, pitch and speaking speed.",
-            "Is the voice male or female, high or low, fast or slow?"]}, ("gender", "pitch", "speaking_speed")),
-        ("{ask} Answer in one short sentence.", {"ask": [
-            "Who is speaking, and what can be heard in the background?",
-            "Is the speaker a man or a woman, and what sound is behind the voice?"]}, ("gender", "background")),
+            "What are the speaker's gender and accent?", "What is the speaker's gender and accent?",
+            "Identify the speaker's gender and accent."]}, ("gender", "accent")),
+        ("What are the speaker's gender and speaking speed? Answer briefly.", {}, ("gender", "speaking_speed")),
+        ("What are the speaker's gender, voice pitch and speaking speed? Answer briefly.", {},
+         ("gender", "pitch", "speaking_speed")),
+        ("What are the speaker's gender, accent and voice pitch? Answer briefly.", {}, ("gender", "accent", "pitch")),
+        ("{ask} Answer briefly.", {"ask": [
+            "What is the speaker's gender, and what can be heard in the background?",
+            "What is the speaker's gender, and what is the background sound?"]}, ("gender", "background")),
         ("{ask} Answer in a few words.", {"ask": [
             "What sound is this?", "Name the main sound source.", "Which sound event can be heard?",
             "What is making this sound?"]}, ("sound_labels",)),
