@@ -43,10 +43,11 @@ TINY_LLAMA = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, nu
                   num_key_value_heads=2, vocab_size=1000, max_position_embeddings=1024)
 
 
-def build_model(tiny: bool, device: torch.device, dtype: torch.dtype, qformer_layers: int) -> DeSTA25AudioModel:
-    """The composite with random backbones at the paper's (or tiny) shapes; connector as the paper (6 layers)."""
-    wcfg = WhisperConfig(**(TINY_WHISPER if tiny else WHISPER_LARGE_V3))
-    lcfg = LlamaConfig(**(TINY_LLAMA if tiny else LLAMA_31_8B))
+def build_model(tiny: bool, device: torch.device, dtype: torch.dtype, qformer_layers: int,
+                shapes: tuple[dict, dict] | None = None) -> DeSTA25AudioModel:
+    """The composite with random backbones at the paper's (or tiny, or the given (whisper, llama)) shapes."""
+    whisper_shape, llama_shape = shapes or ((TINY_WHISPER, TINY_LLAMA) if tiny else (WHISPER_LARGE_V3, LLAMA_31_8B))
+    wcfg, lcfg = WhisperConfig(**whisper_shape), LlamaConfig(**llama_shape)
     lcfg._attn_implementation = wcfg._attn_implementation = "sdpa"
     with torch.device(device):
         prev = torch.get_default_dtype()

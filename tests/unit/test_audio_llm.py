@@ -166,6 +166,21 @@ def test_forward_loss_is_mean_ce_over_labels_and_only_connector_learns(parts):
     assert all(p.grad is None for p in model.audio_encoder.parameters())
 
 
+def test_loss_only_forward_matches_the_full_forward_with_and_without_lora(parts):
+    lora = LoraConfig(enabled=True, r=2, alpha=4, target_modules=["q_proj", "v_proj"])
+    for model in (build(parts), build(parts, lora=lora)):
+        model.eval()
+        batch = model.build_inputs([conv("<|AUDIO|> describe", {"array": tone(1.0), "text": "hello"}),
+                                    conv("say it <|AUDIO|>", {"array": tone(0.5, 220.0), "text": "a much longer one"})],
+                                   ["nice", "a longer answer here"])
+        full = model(**batch)
+        fast = model(**batch, loss_only=True)
+        assert fast.logits is None
+        torch.testing.assert_close(fast.loss, full.loss)
+        fast.loss.backward()  # the gradient still reaches the connector through the decoder
+        assert model.connector.proj.weight.grad.abs().sum() > 0
+
+
 def test_save_load_round_trip_and_hash_check(parts, tmp_path):
     model = build(parts)
     with torch.no_grad():

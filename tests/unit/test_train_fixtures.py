@@ -48,7 +48,7 @@ class TinyAudioLM(nn.Module):
                 "attention_mask": torch.tensor([[1] * len(x) + [0] * p for x, p in zip(ids, pad, strict=True)]),
                 "labels": torch.tensor([x + [-100] * p for x, p in zip(labels, pad, strict=True)])}
 
-    def forward(self, input_features, input_ids, attention_mask, labels):
+    def forward(self, input_features, input_ids, attention_mask, labels, loss_only=False):  # loss only either way
         audio = self.audio_encoder(input_features.transpose(1, 2)).mean(1)  # [b, d]
         queries = self.connector(audio).view(-1, N_QUERIES, D)  # [b, q, d]
         x = self.language_model["embed"](input_ids) + queries.mean(1, keepdim=True)  # [b, t, d]: audio conditions all

@@ -288,12 +288,23 @@ class DeSTA25AudioModel(nn.Module):
         return embeds.index_put((rows, cols), queries.to(embeds.dtype))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None,
-                **audio: torch.Tensor) -> CausalLMOutputWithPast:
-        """Teacher-forced pass; `.loss` = mean cross-entropy over label tokens (labels != -100), `.logits` [b, t, V]."""
+                loss_only: bool = False, **audio: torch.Tensor) -> CausalLMOutputWithPast:
+        """Teacher-forced pass; `.loss` = mean cross-entropy over label tokens (labels != -100), `.logits` [b, t, V].
+
+        loss_only (training): the LM head runs only where a label follows, not over the vocabulary at every position
+        (the head is a fifth of a 135M LLM's FLOPs and most positions are prompt); `.logits` is then None."""
         embeds = self._embed(input_ids, **audio)
-        out = self.language_model(inputs_embeds=embeds, attention_mask=attention_mask.to(self.device),
-                                  labels=None if labels is None else labels.to(self.device))
-        return CausalLMOutputWithPast(loss=out.loss, logits=out.logits)
+        mask = attention_mask.to(self.device)
+        if not (loss_only and labels is not None):
+            out = self.language_model(inputs_embeds=embeds, attention_mask=mask,
+                                      labels=None if labels is None else labels.to(self.device))
+            return CausalLMOutputWithPast(loss=out.loss, logits=out.logits)
+        hidden = self.language_model.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        targets = labels.to(self.device)[:, 1:]
+        keep = targets != -100
+        logits = self.language_model.get_output_embeddings()(hidden[:, :-1][keep])
+        loss = nn.functional.cross_entropy(logits.float(), targets[keep])
+        return CausalLMOutputWithPast(loss=loss, logits=None)
 
     @torch.no_grad()
     def option_logprobs(self, conversations: list[list[dict]], options: list[list[str]],

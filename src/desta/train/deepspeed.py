@@ -72,8 +72,9 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
 
 
 class Engine:
-    """What the recipe drives. `backward` takes one micro-batch loss; `step` ends an optimizer step and returns the
-    global grad norm (before clipping)."""
+    """What the recipe drives. `forward` calls `module(**batch, loss_only=True)` and returns its `.loss` (the model
+    needs no logits for training); `backward` takes one micro-batch loss; `step` ends an optimizer step and returns
+    the global grad norm (before clipping)."""
 
     module: nn.Module
     rank: int = 0
@@ -140,7 +141,7 @@ class TorchEngine(Engine):
         sync = self.world_size == 1 or (self._micro + 1) % self.cfg.grad_accum == 0
         no_sync = self.model.no_sync() if not sync else contextlib.nullcontext()
         with ctx, no_sync:
-            return self.model(**batch).loss
+            return self.model(**batch, loss_only=True).loss
 
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss / self.cfg.grad_accum).backward()  # DDP syncs only where forward allowed it
@@ -211,7 +212,7 @@ class DeepSpeedEngine(Engine):
         if self.cfg.precision in ("bf16", "fp16"):
             dt = autocast_dtype(self.cfg.precision)
             batch = {k: v.to(dt) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
-        return self.engine(**batch).loss
+        return self.engine(**batch, loss_only=True).loss
 
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
