@@ -29,6 +29,15 @@ def test_plan_keeps_heldout_sentences_and_voices_out_of_train():
     assert len({demo._key(i) for i in items}) == 300  # no two clips with identical settings (= identical audio)
 
 
+def test_heldout_gender_is_not_given_away_by_language():
+    """In every held-out split each gender speaks English and another language, so a model cannot score on the
+    held-out gender question by answering from the language (what version 1's test split allowed)."""
+    talk = [i for i in demo.plan(300, seed=0) if i["kind"] == "speech"]
+    for split in ("valid", "test"):
+        seen = {(i["voice"]["gender"], i["voice"]["language"] == "English") for i in talk if i["split"] == split}
+        assert seen == {("Female", True), ("Female", False), ("Male", True), ("Male", False)}, split
+
+
 def test_render_fills_ground_truth_fields():
     specs = {i["kind"]: i for i in demo.plan(12, seed=3)}
     wave, meta = demo.render(specs["mixture"])
