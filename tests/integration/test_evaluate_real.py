@@ -21,10 +21,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _tiny_manifest(root: Path, per_kind: int = 1) -> Path:
-    """Render the first test-split specs of each kind of the demo corpus and write them as a manifest."""
+    """Render the first test-split specs of each kind of the demo corpus (the mixtures: voices of the other gender
+    first, so that the gender question has two options) and write them as a manifest."""
     specs = [s for s in demo.plan(120, seed=0) if s["split"] == "test"]
-    chosen = [s for kind in ("speech", "mixture", "sound", "music")
-              for s in [x for x in specs if x["kind"] == kind][:per_kind]]
+    chosen = [s for kind in ("speech", "sound", "music") for s in [x for x in specs if x["kind"] == kind][:per_kind]]
+    genders = {s["voice"]["gender"] for s in chosen if s["kind"] == "speech"}
+    mixtures = sorted((x for x in specs if x["kind"] == "mixture"), key=lambda x: x["voice"]["gender"] in genders)
+    chosen += mixtures[:per_kind]
     clips = []
     for spec in chosen:
         wave, meta = demo.render(spec)
