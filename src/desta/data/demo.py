@@ -6,7 +6,8 @@ Built by `desta prepare` for a source of `kind: demo` under `<paths.raw>/<source
     <name>/metadata.jsonl   one JSON object per clip: {"file": "speech/speech_00000.wav", "domain", "split", ...}
     <name>/.complete.json   {"version", "n_clips", "seed", "clips"}: written last; its presence means complete
 Held-out items (split valid / test) use sentences and voices that never occur in train, so evaluation measures
-generalisation rather than memory. Deterministic for a seed: same settings -> byte-identical files.
+generalisation rather than memory. Deterministic for a seed: same settings -> the same clips, byte-identical
+except clips of the breathy eSpeak variants (+f2, +f3, +f5), which vary slightly from run to run (desta.data.tts).
 """
 
 from __future__ import annotations

@@ -4,7 +4,10 @@ Used by the demo corpus (`desta prepare` with a `kind: demo` source) and by test
     wave, sr = speak("Hello there.", voice="en-us+f3", rate_wpm=150, pitch=70)
 
 libespeak-ng keeps global state (one voice, one callback), so every call holds a process-wide lock; use worker
-processes, not threads, for parallel synthesis. Output is deterministic (bit-identical for equal arguments).
+processes, not threads, for parallel synthesis. Output is bit-identical for equal arguments within a process and
+across processes started in the same second; the breathy female variants (+f2, +f3, +f5) are not across seconds
+(measured 2026-11-26: about 1 in 8 demo clips differs, max |difference| 0.004-0.09 of full scale; the source of
+the clock dependence inside libespeak-ng was not found, and reseeding libc's rand() does not remove it).
 """
 
 from __future__ import annotations
