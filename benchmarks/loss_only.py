@@ -14,7 +14,7 @@ import argparse
 import time
 
 import torch
-from train_throughput import LLAMA_31_8B, WHISPER_LARGE_V3, build_model, make_batch
+from train_throughput import LLAMA_31_8B, WHISPER_LARGE_V3, _sync, build_model, make_batch
 
 WHISPER_TINY = dict(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536, decoder_layers=4,
                     decoder_attention_heads=6, decoder_ffn_dim=1536, num_mel_bins=80, vocab_size=51864,
@@ -67,11 +67,6 @@ def main(argv: list[str] | None = None) -> None:
           f"({args.response} labelled); {args.device} {args.dtype}; median of {args.repeats}")
     print(f"full logits: {full:.3f} s/micro-batch   loss_only: {fast:.3f} s/micro-batch   "
           f"speed-up {full / fast:.2f}x   max |loss difference| {diff:.2e}")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 if __name__ == "__main__":

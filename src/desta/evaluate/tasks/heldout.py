@@ -203,12 +203,14 @@ class HeldoutTask(Task):
 def _p_values(records: list[dict[str, Any]], key: str, metric: str) -> dict[str, float]:
     """`<metric>_p` overall and per attribute: P(uniform guessing scores at least as well), exact."""
     scored = [r for r in records if r.get(key) is not None]
+    if not scored:
+        return {}
     out: dict[str, float] = {}
     for attr in [None, *sorted({r["slices"]["attribute"] for r in scored})]:
         rows = [r for r in scored if attr is None or r["slices"]["attribute"] == attr]
         name = f"{metric}_p" if attr is None else f"{attr}/{metric}_p"
         out[name] = scorers.p_above_chance([r[key] for r in rows], [1.0 / r["n_options"] for r in rows])
-    return out if scored else {}
+    return out
 
 
 def _slices(c: Clip, **extra: str) -> dict[str, str]:
