@@ -38,6 +38,8 @@ GENDER = {"female": ("woman", "girl"), "male": ("man", "boy")}
     ("Birds chirping over an alarm beeping", ["bird chirps", "alarm beeps", "siren"], ["bird chirps", "alarm beeps"]),
     ("an engine humming at low speed", ["engine hum", "rain", "clock ticking"], ["engine hum"]),  # stems
     ("a ticking clock", ["clock ticking", "rain"], ["clock ticking"]),  # word order is free
+    ("Traffic noises and horses.", ["traffic noise", "horse", "rain"], ["traffic noise", "horse"]),  # plural of -e
+    ("Two boxes, slowly moved.", ["box", "slow", "fast"], ["box", "slow"]),
     ("Her voice is very high.", ["High", "Very high", "Low"], ["Very high"]),  # the longer option wins
     ("The pitch is high.", ["High", "Very high", "Low"], ["High"]),
     ("It is in the key of C.", ["C", "D"], []),  # one-letter options cannot be told from words

@@ -163,21 +163,23 @@ def p_above_chance(hits: Sequence[float], chance: Sequence[float]) -> float:
 
 
 # ------------------------------------------------------------------------------------------- open-ended answers
-_SUFFIXES = ("ing", "ed", "es", "ly", "er", "s")
+_SUFFIXES = ("ing", "ed", "ly", "er")
 
 
 def _stem(word: str) -> str:
-    """Light suffix stripping so "beeping"/"beeps" -> "beep", "humming" -> "hum", "faster" -> "fast"."""
+    """Light suffix stripping, the same for every form of a word: a plural "s", then one of -ing/-ed/-ly/-er (with a
+    doubled consonant undone), then a final "e": "beeping"/"beeps" -> "beep", "humming" -> "hum", "faster" ->
+    "fast", "noises"/"noise" -> "nois", "boxes"/"box" -> "box", "females"/"female" -> "femal"."""
+    if word.endswith("s") and not word.endswith(("ss", "us", "is")) and len(word) >= 4:
+        word = word[:-1]
     for suffix in _SUFFIXES:
-        if suffix == "es" and word.endswith("es") and not word[:-2].endswith(("s", "x", "z", "ch", "sh")):
-            suffix = "s"  # "females" -> "female", "boxes" -> "box"
-        if suffix == "s" and word.endswith(("ss", "us", "is")):
-            break
         if word.endswith(suffix) and len(word) - len(suffix) >= 3:
             word = word[: -len(suffix)]
             if len(word) > 3 and word[-1] == word[-2] and word[-1] not in "aeiouls":
                 word = word[:-1]
             break
+    if word.endswith("e") and len(word) >= 4:
+        word = word[:-1]
     return word
 
 
