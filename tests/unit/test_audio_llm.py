@@ -239,3 +239,21 @@ def test_option_logprobs_rank_options_by_teacher_forced_likelihood(parts):
         assert got == pytest.approx(-float(model(**batch).loss) * n, rel=1e-4)
     with pytest.raises(ValueError, match="option lists"):
         model.option_logprobs([c], [])
+
+
+def test_option_logprobs_encode_each_audio_once(parts):
+    model = build(parts)
+    encoded: list[int] = []
+    model.audio_encoder.model.encoder.register_forward_pre_hook(lambda _m, args: encoded.append(args[0].shape[0]))
+    convs = [conv("<|AUDIO|> describe", {"array": tone(1.0), "text": "hello"}),
+             conv("<|AUDIO|> and <|AUDIO|>", {"array": tone(0.5), "text": "a"}, {"array": tone(2.0), "text": None})]
+    options = [["nice", "the weather is nice", "world"], ["yes", "no"]]
+    scores = model.option_logprobs(convs, options, batch_size=2)
+    assert sum(encoded) == 3  # three audios, five options: every audio went through the encoder once
+    transcript = model.generate(convs[1], max_new_tokens=1)[0].transcripts[1]
+    filled = conv("<|AUDIO|> and <|AUDIO|>", {"array": tone(0.5), "text": "a"},
+                  {"array": tone(2.0), "text": transcript})
+    for opt, got in zip(options[1], scores[1], strict=True):  # same as scoring each option on its own
+        batch = model.build_inputs([filled], [opt])
+        n = int((batch["labels"] != IGNORE).sum())
+        assert got == pytest.approx(-float(model(**batch).loss) * n, rel=1e-4)
