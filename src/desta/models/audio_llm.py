@@ -315,45 +315,45 @@ class DeSTA25AudioModel(nn.Module):
         free-form answer does not name an option."""
         if len(options) != len(conversations):
             raise ValueError(f"option_logprobs: {len(conversations)} conversations but {len(options)} option lists")
-        conversations, windows = self._encode_once(conversations, batch_size)
-        rows = [(i, opt) for i, opts in enumerate(options) for opt in opts]
-        scores: list[float] = []
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
-            inputs = self.build_inputs([conversations[i] for i, _ in chunk], [opt for _, opt in chunk])
-            inputs["audio_hidden"] = _pad_windows([w for i, _ in chunk for w in windows[i]], inputs["audio_frames"])
-            logits = self(**inputs).logits[:, :-1].float()
-            labels = inputs["labels"][:, 1:].to(logits.device)
-            mask = labels != -100
-            tok = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            scores += (tok * mask).sum(-1).tolist()
-        out, k = [], 0
-        for opts in options:
-            out.append(scores[k:k + len(opts)])
-            k += len(opts)
-        return out
+        scores: list[list[float]] = []
+        for start in range(0, len(conversations), batch_size):  # memory: one group's encoder states at a time
+            group, windows = self._encode_once(conversations[start:start + batch_size])
+            rows = [(i, opt) for i, opts in enumerate(options[start:start + batch_size]) for opt in opts]
+            flat: list[float] = []
+            for first in range(0, len(rows), batch_size):
+                chunk = rows[first:first + batch_size]
+                inputs = self.build_inputs([group[i] for i, _ in chunk], [opt for _, opt in chunk])
+                inputs["audio_hidden"] = _pad_windows([w for i, _ in chunk for w in windows[i]],
+                                                      inputs["audio_frames"])
+                logits = self(**inputs).logits[:, :-1].float()
+                labels = inputs["labels"][:, 1:].to(logits.device)
+                mask = labels != -100
+                tok = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+                flat += (tok * mask).sum(-1).tolist()
+            for opts in options[start:start + batch_size]:
+                scores.append(flat[:len(opts)])
+                flat = flat[len(opts):]
+        return scores
 
-    def _encode_once(self, conversations: list[list[dict]], batch_size: int
-                     ) -> tuple[list[list[dict]], list[list[torch.Tensor]]]:
-        """Each conversation's audio through the frozen encoder (and Whisper's transcription where `text` is None)
-        once: (conversations with every audio's text filled in, per conversation its windows' tapped states
+    def _encode_once(self, conversations: list[list[dict]]) -> tuple[list[list[dict]], list[list[torch.Tensor]]]:
+        """The conversations' audio through the frozen encoder (and Whisper's transcription where `text` is None)
+        once: (the conversations with every audio's text filled in, per conversation its windows' tapped states
         [L, frames, d]), so scoring several answers to one conversation does not re-encode its audio."""
+        batch, transcripts = self._prepare(conversations, None, keep_encoder=True)
+        frames = batch["audio_frames"]
+        hidden = batch.get("audio_hidden")
+        if hidden is None and frames.numel():
+            hidden = self.encode_audio(batch["input_features"], frames)
+        owner = batch["audio_batch_index"].tolist()
         filled, windows = [], []
-        for start in range(0, len(conversations), batch_size):
-            chunk = conversations[start:start + batch_size]
-            batch, transcripts = self._prepare(chunk, None, keep_encoder=True)
-            frames = batch["audio_frames"]
-            hidden = batch.get("audio_hidden")
-            if hidden is None and frames.numel():
-                hidden = self.encode_audio(batch["input_features"], frames)
-            owner = batch["audio_batch_index"].tolist()
-            for row, conv in enumerate(chunk):
-                texts = iter(transcripts[row])  # one per audio, in message order (shared across messages)
-                filled.append([{**m, "audios": [a if a.get("text") is not None else {**a, "text": t}
-                                                for a, t in zip(m["audios"], texts, strict=False)]}
-                               if m.get("audios") else m for m in conv])
-                windows.append([hidden[j, :, :int(frames[j])] for j, b in enumerate(owner) if b == row])
+        for row, conv in enumerate(conversations):
+            texts = iter(transcripts[row])  # one per audio, in message order (shared across messages)
+            filled.append([{**m, "audios": [a if a.get("text") is not None else {**a, "text": t}
+                                            for a, t in zip(m["audios"], texts, strict=False)]}
+                           if m.get("audios") else m for m in conv])
+            windows.append([hidden[j, :, :int(frames[j])] for j, b in enumerate(owner) if b == row])
         return filled, windows
+
     # ------------------------------------------------------------------------------------------------ generate
     @torch.no_grad()
     def generate(self, messages: list[dict] | list[list[dict]], max_new_tokens: int = 128, do_sample: bool = False,
