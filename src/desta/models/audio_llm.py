@@ -245,21 +245,24 @@ class DeSTA25AudioModel(nn.Module):
         audio_positions [n] (column of each window's first of P query slots; the P slots are consecutive)."""
         return self._prepare(conversations, responses)[0]
 
-    def _prepare(self, conversations: list[list[dict]], responses: list[str] | None, keep_encoder: bool = False):
+    def _prepare(self, conversations: list[list[dict]], responses: list[str] | None, keep_encoder: bool = False,
+                 features: bool = True):
+        """`build_inputs` + transcripts; keep_encoder adds the tapped states when Whisper ran for transcription;
+        features=False leaves out the log-mel features (for callers that pass `audio_hidden` themselves)."""
         if responses is not None and len(responses) != len(conversations):
             raise ValueError(f"build_inputs: {len(conversations)} conversations but {len(responses)} responses")
         layouts = [ConversationLayout.from_messages(conv, self.config.system_prompt) for conv in conversations]
         slots: list[AudioSlot] = [s for lay in layouts for s in lay.audios]
         windows, owners = load_windows(slots, self.processor.feature_extractor, self.config)
         fe = self.processor.feature_extractor
-        features = (fe(windows, sampling_rate=fe.sampling_rate, return_tensors="pt").input_features if windows
-                    else torch.zeros(0, fe.feature_size, fe.nb_max_frames))
+        need_asr = self.config.use_transcription and any(s.text is None for s in slots)
+        mel = (fe(windows, sampling_rate=fe.sampling_rate, return_tensors="pt").input_features if windows
+               else torch.zeros(0, fe.feature_size, fe.nb_max_frames)) if features or need_asr else None
         frames = torch.tensor([max(1, min(-(-len(w) // 320), 1500)) for w in windows], dtype=torch.long)
         extra: dict[str, torch.Tensor] = {}
-        need_asr = self.config.use_transcription and any(s.text is None for s in slots)
         if need_asr:
-            tapped, enc = self._encode(features, frames)
-            texts = self.transcribe(features, enc)
+            tapped, enc = self._encode(mel, frames)
+            texts = self.transcribe(mel, enc)
             for i, s in enumerate(slots):
                 if s.text is None:
                     s.text = " ".join(t for t, o in zip(texts, owners, strict=True) if o == i).strip()
@@ -268,7 +271,9 @@ class DeSTA25AudioModel(nn.Module):
         rows = [lay.token_ids(self.tokenizer, self.config, responses[i] if responses else None)
                 for i, lay in enumerate(layouts)]
         batch = pad_batch(rows, self.tokenizer, left=responses is None, with_labels=responses is not None)
-        batch.update(input_features=features, audio_frames=frames, **extra)
+        batch.update(audio_frames=frames, **extra)
+        if mel is not None:
+            batch["input_features"] = mel
         transcripts = [[s.text or "" for s in lay.audios] for lay in layouts]
         return batch, transcripts
 
@@ -315,14 +320,13 @@ class DeSTA25AudioModel(nn.Module):
         free-form answer does not name an option."""
         if len(options) != len(conversations):
             raise ValueError(f"option_logprobs: {len(conversations)} conversations but {len(options)} option lists")
-        scores: list[list[float]] = []
+        flat: list[float] = []
         for start in range(0, len(conversations), batch_size):  # memory: one group's encoder states at a time
             group, windows = self._encode_once(conversations[start:start + batch_size])
             rows = [(i, opt) for i, opts in enumerate(options[start:start + batch_size]) for opt in opts]
-            flat: list[float] = []
             for first in range(0, len(rows), batch_size):
                 chunk = rows[first:first + batch_size]
-                inputs = self.build_inputs([group[i] for i, _ in chunk], [opt for _, opt in chunk])
+                inputs = self._prepare([group[i] for i, _ in chunk], [opt for _, opt in chunk], features=False)[0]
                 inputs["audio_hidden"] = _pad_windows([w for i, _ in chunk for w in windows[i]],
                                                       inputs["audio_frames"])
                 logits = self(**inputs).logits[:, :-1].float()
@@ -330,10 +334,11 @@ class DeSTA25AudioModel(nn.Module):
                 mask = labels != -100
                 tok = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
                 flat += (tok * mask).sum(-1).tolist()
-            for opts in options[start:start + batch_size]:
-                scores.append(flat[:len(opts)])
-                flat = flat[len(opts):]
-        return scores
+        out, k = [], 0
+        for opts in options:
+            out.append(flat[k:k + len(opts)])
+            k += len(opts)
+        return out
 
     def _encode_once(self, conversations: list[list[dict]]) -> tuple[list[list[dict]], list[list[torch.Tensor]]]:
         """The conversations' audio through the frozen encoder (and Whisper's transcription where `text` is None)
