@@ -1,13 +1,14 @@
 """Offline text-to-speech with eSpeak NG (the `espeakng_loader` wheel's libespeak-ng, through ctypes).
 
 Used by the demo corpus (`desta prepare` with a `kind: demo` source) and by tests that need real speech:
-    wave, sr = speak("Hello there.", voice="en-us+f3", rate_wpm=150, pitch=70)
+    wave, sr = speak("Hello there.", voice="en-us+f4", rate_wpm=150, pitch=70)
 
 libespeak-ng keeps global state (one voice, one callback), so every call holds a process-wide lock; use worker
-processes, not threads, for parallel synthesis. Output is bit-identical for equal arguments within a process and
-across processes started in the same second; the breathy female variants (+f2, +f3, +f5) are not across seconds
-(measured 2026-11-26: about 1 in 8 demo clips differs, max |difference| 0.004-0.09 of full scale; the source of
-the clock dependence inside libespeak-ng was not found, and reseeding libc's rand() does not remove it).
+processes, not threads, for parallel synthesis. Output is bit-identical for equal arguments, within a process and
+across processes, except with the breathy variants (those whose `!v` file sets `breath`: +f2, +f3, +f5, +whisper,
++Alicia, ...): their noise depends on the clock (measured 2026-11-26: processes started in different seconds differ,
+max |difference| 0.004-0.09 of full scale; reseeding libc's rand() does not help). Non-breathy female variants:
++f1, +f4, +Annie, +belinda, +linda, +steph, +Andrea, +anika, +aunty (tests/unit/test_data_tts.py checks them).
 """
 
 from __future__ import annotations
