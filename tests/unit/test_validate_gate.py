@@ -141,3 +141,20 @@ def test_label_categories_are_expected_only_when_some_clip_has_the_labels():
     one = bare.assign(sound_labels=[None, np.array(["siren"])])
     assert "labels" in expected_categories(pool, one, {"sound"})
     assert "labels" not in expected_categories(pool, one, {"speech"})  # the labelled clip is not a speech clip
+
+
+def test_report_rows_list_missing_values_in_a_stable_order():
+    """GX returns the values a column misses in set order (it varies between processes); report.json, a DVC output,
+    must not: they are sorted. Unexpected values keep their data order."""
+    from types import SimpleNamespace
+
+    from desta.validate.gate import _row
+
+    def result(**res):
+        cfg = SimpleNamespace(type="expect_column_distinct_values_to_contain_set", kwargs={"column": "c"},
+                              meta={"severity": "warning", "risk": "r"})
+        return SimpleNamespace(expectation_config=cfg, result=res, success=False, exception_info=None)
+
+    assert _row("s", result(partial_missing_list=["sound", "music", "labels"]))["sample"] == ["labels", "music",
+                                                                                            "sound"]
+    assert _row("s", result(partial_unexpected_list=["b", "a"]))["sample"] == ["b", "a"]

@@ -123,7 +123,8 @@ class Gate:
 def _row(subject: str, r: Any) -> dict[str, Any]:
     cfg = r.expectation_config
     res = r.result or {}
-    sample = res.get("partial_unexpected_list") or res.get("partial_missing_list") or []
+    # unexpected values come in data order; GX builds the missing ones from a set, so sort them (stable report.json)
+    sample = res.get("partial_unexpected_list") or sorted(res.get("partial_missing_list") or [], key=str)
     return {"subject": subject, "expectation": cfg.type, "column": cfg.kwargs.get("column"),
             "severity": cfg.meta.get("severity"), "risk": cfg.meta.get("risk"), "success": bool(r.success),
             "unexpected_percent": res.get("unexpected_percent"), "observed": _short(res.get("observed_value")),
