@@ -42,7 +42,7 @@ def test_heldout_gender_is_not_given_away_by_language():
 
 
 _VOICE_HASHES = """
-import hashlib, sys
+import hashlib
 from desta.data import demo
 from desta.data.tts import speak
 voices = [v.espeak for v in demo.TRAIN_VOICES] + [v.espeak for vs in demo.HELDOUT_VOICES.values() for v in vs]
