@@ -37,6 +37,7 @@ from desta.selfgen.records import (
 log = logging.getLogger(__name__)
 
 RECORD_FORMAT = 1  # bump when build_record changes: existing shards become stale
+WALL_CLOCK_KEYS = ("seconds", "tokens_per_s")  # summary keys that vary from run to run
 
 
 @dataclass(frozen=True)
@@ -179,9 +180,10 @@ def run_generate(params: Params) -> dict[str, Any]:
                    "generated_records": stats["records"], "new_tokens": stats["tokens"],
                    "seconds": round(elapsed, 1), "tokens_per_s": round(stats["tokens"] / elapsed, 1) if todo else 0.0,
                    "generator": ref, "generator_hash": digest, "out": str(out), "workers": g.workers}
-        state["summary"] = summary
+        # generate.json is inside a DVC output: wall-clock figures stay out of it (MLflow and the log have them)
+        state["summary"] = {k: v for k, v in summary.items() if k not in WALL_CLOCK_KEYS}
         write_state(out, state)
         tracker.log_metrics({k: summary[k] for k in ("records", "rejected", "generated_records", "new_tokens",
-                                                     "tokens_per_s")})
+                                                     "seconds", "tokens_per_s")})
         tracker.log_artifact(out / STATE_FILE)
     return summary

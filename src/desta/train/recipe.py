@@ -33,6 +33,7 @@ from desta.train.deepspeed import DeepSpeedEngine, Engine, build_engine
 from desta.train.features import EncoderCache, fill_transcripts, supports_cache
 
 log = logging.getLogger(__name__)
+WALL_CLOCK_KEYS = ("samples_per_s", "tokens_per_s")  # summary keys that vary from run to run
 
 ModelFactory = Callable[[Params], nn.Module]
 
@@ -283,7 +284,9 @@ class Recipe:
         summary = self.summary()
         if self.engine.is_main:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "train_metrics.json").write_text(json.dumps(summary, indent=1))
+            # no wall-clock figures in the DVC output, so two runs write the same bytes (they go to MLflow)
+            steady = {k: v for k, v in summary.items() if k not in WALL_CLOCK_KEYS}
+            (out / "train_metrics.json").write_text(json.dumps(steady, indent=1))
             write_loss_csv(out / "loss.csv", self.state.history)
         return summary
 
