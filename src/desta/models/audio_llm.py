@@ -327,7 +327,7 @@ class DeSTA25AudioModel(nn.Module):
             for first in range(0, len(rows), batch_size):
                 chunk = rows[first:first + batch_size]
                 inputs = self._prepare([group[i] for i, _ in chunk], [opt for _, opt in chunk], features=False)[0]
-                inputs["audio_hidden"] = _pad_windows([w for i, _ in chunk for w in windows[i]],
+                inputs["audio_hidden"] = pad_windows([w for i, _ in chunk for w in windows[i]],
                                                       inputs["audio_frames"])
                 logits = self(**inputs).logits[:, :-1].float()
                 labels = inputs["labels"][:, 1:].to(logits.device)
@@ -385,7 +385,7 @@ class DeSTA25AudioModel(nn.Module):
         return results
 
 
-def _pad_windows(windows: list[torch.Tensor], frames: torch.Tensor) -> torch.Tensor | None:
+def pad_windows(windows: list[torch.Tensor], frames: torch.Tensor) -> torch.Tensor | None:
     """Per-window tapped states [L, frames_i, d] -> [n, L, max(frames), d], zero-padded (the connector masks it)."""
     if not windows:
         return None

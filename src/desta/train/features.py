@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from desta.data.audio import AudioError, load_audio
+from desta.models.audio_llm import pad_windows
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +65,8 @@ class EncoderCache:
         for r, k in enumerate(keys):
             for j, i in enumerate(windows[r]):
                 per_window[i] = self.store[k][j]
-        t = int(frames.max())
-        first = per_window[0]
-        hidden = torch.zeros(len(per_window), first.shape[0], t, first.shape[2], dtype=torch.float16)
-        for i, s in enumerate(per_window):
-            hidden[i, :, :s.shape[1]] = s
         out = {k: v for k, v in inputs.items() if k != "input_features"}
-        out["audio_hidden"] = hidden
+        out["audio_hidden"] = pad_windows(per_window, frames)  # fp16, like the stored states
         return out
 
     def nbytes(self) -> int:
