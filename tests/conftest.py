@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -18,11 +19,24 @@ OFFLINE_ENV = {
 }
 
 
+_PREFECT_HOME = pytest.StashKey[str]()
+
+
 def pytest_configure(config) -> None:
     """Before any test module is imported: never reach the network, keep Prefect's state out of ~/.prefect."""
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
-    os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="desta-prefect-home-"))
+    if "PREFECT_HOME" not in os.environ:
+        home = tempfile.mkdtemp(prefix="desta-prefect-home-")
+        os.environ["PREFECT_HOME"] = home
+        config.stash[_PREFECT_HOME] = home
+
+
+def pytest_unconfigure(config) -> None:
+    """Remove the session's own PREFECT_HOME (about 5 MB of SQLite and logs per run), not one the caller set."""
+    home = config.stash.get(_PREFECT_HOME, None)
+    if home:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
