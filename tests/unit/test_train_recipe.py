@@ -69,7 +69,13 @@ def test_interrupted_run_resumes_to_identical_losses(tmp_path):
     assert [c.name for c in list_checkpoints(tmp_path / "ckpt")] == ["step-00000004"]
     summary = run_train(tiny_params(tmp_path), factory)
     assert summary["resumed_from"].endswith("step-00000004") and summary["steps"] == 8
+    assert summary["samples_per_s"] > 0, "the speed of the resumed steps"
     assert losses(tmp_path / "model") == losses(full / "model")
+    # same bytes as the uninterrupted run's last checkpoint: no clock in it (its DVC hash is reproducible)
+    ours, theirs = tmp_path / "ckpt" / "step-00000008", full / "ckpt" / "step-00000008"
+    names = sorted(p.name for p in theirs.iterdir())
+    assert sorted(p.name for p in ours.iterdir()) == names and "trainer_state.json" in names
+    assert [n for n in names if (ours / n).read_bytes() != (theirs / n).read_bytes()] == []
 
 
 def test_changed_settings_start_fresh_and_keep_old_checkpoints(tmp_path, caplog):

@@ -23,6 +23,9 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
+# Per-step figures that vary from run to run: kept in memory (MLflow, the progress bar, this process's summary) but
+# never written into a checkpoint or the model dir, so two runs of the same settings write the same bytes.
+WALL_CLOCK_KEYS = ("samples_per_s", "tokens_per_s")
 # Train keys that do not change the trajectory of losses; a resume may change them freely.
 NON_TRAJECTORY_KEYS = {"eval_every", "save_every", "keep_checkpoints", "num_workers", "log_every",
                        "max_val_batches", "feature_cache", "resume", "progress"}
@@ -110,9 +113,12 @@ def write_rank_state(tmp: Path, rank: int) -> None:
 
 
 def finish(tmp: Path, state: TrainerState, meta: dict[str, Any], keep: int) -> Path:
-    """Rank 0: write trainer state + meta, rename tmp -> final, drop the oldest beyond `keep`."""
-    (tmp / "trainer_state.json").write_text(json.dumps(asdict(state), indent=1))
-    (tmp / "meta.json").write_text(json.dumps({**meta, "step": state.step, "created": time.time()}, indent=1))
+    """Rank 0: write trainer state + meta, rename tmp -> final, drop the oldest beyond `keep`. Nothing written
+    depends on the clock (no per-step speeds, no time stamp), so the checkpoint dir's DVC hash is reproducible."""
+    steady = asdict(state)
+    steady["history"] = [{k: v for k, v in row.items() if k not in WALL_CLOCK_KEYS} for row in state.history]
+    (tmp / "trainer_state.json").write_text(json.dumps(steady, indent=1))
+    (tmp / "meta.json").write_text(json.dumps({**meta, "step": state.step}, indent=1))
     final = tmp.with_name(tmp.name.removesuffix(".tmp"))
     if final.exists():
         shutil.rmtree(final)

@@ -33,7 +33,6 @@ from desta.train.deepspeed import DeepSpeedEngine, Engine, build_engine
 from desta.train.features import EncoderCache, fill_transcripts, supports_cache
 
 log = logging.getLogger(__name__)
-WALL_CLOCK_KEYS = ("samples_per_s", "tokens_per_s")  # summary keys that vary from run to run
 
 ModelFactory = Callable[[Params], nn.Module]
 
@@ -285,7 +284,7 @@ class Recipe:
         if self.engine.is_main:
             out.mkdir(parents=True, exist_ok=True)
             # no wall-clock figures in the DVC output, so two runs write the same bytes (they go to MLflow)
-            steady = {k: v for k, v in summary.items() if k not in WALL_CLOCK_KEYS}
+            steady = {k: v for k, v in summary.items() if k not in ckpt.WALL_CLOCK_KEYS}
             (out / "train_metrics.json").write_text(json.dumps(steady, indent=1))
             write_loss_csv(out / "loss.csv", self.state.history)
         return summary
@@ -294,11 +293,12 @@ class Recipe:
         st, hist = self.state, self.state.history
         vals = [r["val_loss"] for r in hist if r.get("val_loss") is not None]
         gaps = [r["audio_gap"] for r in hist if r.get("audio_gap") is not None]
-        speed = [r for r in hist if "samples_per_s" in r]
+        speed = [r for r in hist if "samples_per_s" in r]  # this process's steps (checkpoints keep no speeds)
+        trained = [r for r in hist if "train_loss" in r]
         return {"steps": st.step, "step0_val_loss": st.step0_val_loss, "final_val_loss": vals[-1] if vals else None,
                 "best_val_loss": st.best_val_loss, "step0_audio_gap": gaps[0] if gaps else None,
                 "final_audio_gap": gaps[-1] if gaps else None,
-                "final_train_loss": speed[-1]["train_loss"] if speed else None,
+                "final_train_loss": trained[-1]["train_loss"] if trained else None,
                 "samples_per_s": _mean(r["samples_per_s"] for r in speed[1:] or speed),
                 "tokens_per_s": _mean(r["tokens_per_s"] for r in speed[1:] or speed),
                 "samples_seen": st.samples, "tokens_seen": st.tokens, "skipped_clips": st.skipped_clips,
