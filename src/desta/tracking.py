@@ -124,14 +124,8 @@ def stage_run(params: Params, stage: str, section: Any | None = None) -> Iterato
         return
     import mlflow
 
-    configure_env(cfg)
-    mlflow.set_tracking_uri(tracking_uri(cfg))
-    ensure_experiment(cfg)
+    tags = connect(cfg, {"desta.stage": stage})
     parent = os.environ.get(PARENT_ENV)
-    tags = {"desta.stage": stage}
-    commit = git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
     if os.environ.get(PIPELINE_ENV):
         tags["desta.pipeline_id"] = os.environ[PIPELINE_ENV]
     tags.update({"desta.model.encoder": params.model.encoder, "desta.model.llm": params.model.llm})
@@ -141,6 +135,18 @@ def stage_run(params: Params, stage: str, section: Any | None = None) -> Iterato
         tracker.log_params({f"{stage}.{k}": v for k, v in flatten(payload).items()} if payload else {})
         log_lineage(params, stage)
         yield tracker
+
+
+def connect(cfg: TrackingConfig, tags: dict[str, str]) -> dict[str, str]:
+    """Point MLflow at the configured server and experiment (credentials/endpoint env, tracking URI, experiment
+    created if missing); returns `tags` plus the git commit when there is one, for the run about to start."""
+    import mlflow
+
+    configure_env(cfg)
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    ensure_experiment(cfg)
+    commit = git_commit()
+    return {**tags, "mlflow.source.git.commit": commit} if commit else dict(tags)
 
 
 def ensure_experiment(cfg: TrackingConfig) -> str:
@@ -226,13 +232,7 @@ def parent_run(params: Params, name: str = "pipeline", tags: dict[str, str] | No
         return
     import mlflow
 
-    configure_env(cfg)
-    mlflow.set_tracking_uri(tracking_uri(cfg))
-    ensure_experiment(cfg)
-    all_tags = {"desta.pipeline": name, **(tags or {})}
-    commit = git_commit()
-    if commit:
-        all_tags["mlflow.source.git.commit"] = commit
+    all_tags = connect(cfg, {"desta.pipeline": name, **(tags or {})})
     saved = {k: os.environ.get(k) for k in (PARENT_ENV, PIPELINE_ENV)}
     with mlflow.start_run(run_name=name, tags=all_tags) as run:
         os.environ[PARENT_ENV] = os.environ[PIPELINE_ENV] = run.info.run_id
