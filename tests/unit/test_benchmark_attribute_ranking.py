@@ -1,0 +1,39 @@
+"""benchmarks/attribute_ranking.py's statistics: AUC and right/first counts of answer margins, per clip and per
+speaker (clips of one voice pooled), on hand-made margins."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from desta.data.manifest import Clip
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "attribute_ranking.py"
+spec = importlib.util.spec_from_file_location("attribute_ranking", SCRIPT)
+ar = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ar)
+
+
+def clip(i: int, speaker: str | None) -> Clip:
+    return Clip(id=f"c{i}", audio="", duration=1.0, sample_rate=16000, channels=1, source="t", domain="speech",
+                speaker=speaker)
+
+
+def test_a_biased_model_whose_margins_follow_the_voice_has_auc_one_but_chance_answers():
+    # every margin negative (always the second value) yet every first-value clip above every second-value clip
+    margin, first = [-0.1, -0.2, -1.0, -1.5], [True, True, False, False]
+    right, said, auc, p = ar.ranking(margin, first)
+    assert (right, said, auc) == (2, 0, 1.0) and p == pytest.approx(1 / 6)
+
+
+def test_margins_that_ignore_the_voice_have_auc_one_half():
+    right, said, auc, _ = ar.ranking([0.3, -0.3, 0.3, -0.3], [True, True, False, False])
+    assert (right, said, auc) == (2, 2, 0.5)
+
+
+def test_by_speaker_pools_each_voice_into_its_mean_margin():
+    clips = [clip(0, "a"), clip(1, "a"), clip(2, "b"), clip(3, None)]
+    means, first = ar.by_speaker([1.0, 3.0, -1.0, 0.5], [True, True, False, False], clips)
+    assert means == [2.0, -1.0, 0.5] and first == [True, False, False]
