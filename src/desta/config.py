@@ -181,6 +181,10 @@ class TrainConfig(_Strict):
     offload_optimizer: bool = False  # ZeRO: optimizer states on CPU (DeepSpeedCPUAdam, JIT-compiled once)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # paper bf16 (GPU)
     seed: int = 0
+    # bit-identical reruns on a GPU too: deterministic kernels (torch.use_deterministic_algorithms, cuDNN,
+    # CUBLAS_WORKSPACE_CONFIG); slower, and an op without a deterministic kernel stops the run naming it. CPU runs
+    # are bit-identical without it.
+    deterministic: bool = False
     max_steps: int = Field(60, gt=0)  # optimizer steps (CPU demo budget: ~1 epoch of the 300-clip demo set)
     micro_batch_size: int = Field(4, gt=0)  # per rank
     grad_accum: int = Field(2, gt=0)

@@ -111,3 +111,20 @@ def test_val_shuffled_audio_can_be_switched_off(tmp_path):
     summary = run_train(tiny_params(tmp_path, max_steps=2, eval_every=2, save_every=2, val_shuffled_audio=False),
                         factory)
     assert summary["final_audio_gap"] is None and summary["final_val_loss"] is not None
+
+
+def test_deterministic_switches_kernels_on_for_the_run_only_and_changes_nothing_on_cpu(tmp_path):
+    make_generated(tmp_path, n_train=8, n_valid=4)
+    seen = []
+
+    def recording_factory(params):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return factory(params)
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "generated").symlink_to(tmp_path / "generated")
+    run_train(tiny_params(plain, max_steps=4), recording_factory)
+    run_train(tiny_params(tmp_path, max_steps=4, deterministic=True), recording_factory)
+    assert seen == [False, True] and not torch.are_deterministic_algorithms_enabled()
+    assert losses(tmp_path / "model") == losses(plain / "model")

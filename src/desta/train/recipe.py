@@ -17,6 +17,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,27 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextmanager
+def deterministic_kernels(on: bool) -> Iterator[None]:
+    """train.deterministic: inside, PyTorch picks deterministic kernels only (an op that has none raises a
+    RuntimeError naming it) and cuDNN does not autotune; CUBLAS_WORKSPACE_CONFIG is set for cuBLAS's
+    reproducible mode (it must precede the process's first cuBLAS call, so set it in the environment yourself when
+    something used CUDA before training). The previous settings are restored on exit."""
+    if not on:
+        yield
+        return
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.benchmark)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[1], saved[2]
 
 
 def pick_device() -> torch.device:
@@ -320,21 +342,22 @@ def run_train(params: Params, model_factory: ModelFactory = default_model,
     from desta.tracking import stage_run
 
     recipe = Recipe(params, model_factory, stop_after)
-    try:
-        recipe.setup()
-        recipe.resume()
-        with stage_run(params, "train", params.train) as tracker:
-            tracker.log_params({"model.trainable_params": recipe.counts["trainable"],
-                                "model.frozen_params": recipe.counts["frozen"]})
-            recipe.train(tracker)
-            summary = recipe.save_final()
-            tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, int | float)
-                                 and not isinstance(v, bool)})
-            tracker.log_artifact(Path(params.paths.model) / "loss.csv")
-            tracker.log_dict(summary, "train_metrics.json")
-        return summary
-    finally:
-        recipe.cleanup()
+    with deterministic_kernels(params.train.deterministic):
+        try:
+            recipe.setup()
+            recipe.resume()
+            with stage_run(params, "train", params.train) as tracker:
+                tracker.log_params({"model.trainable_params": recipe.counts["trainable"],
+                                    "model.frozen_params": recipe.counts["frozen"]})
+                recipe.train(tracker)
+                summary = recipe.save_final()
+                tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, int | float)
+                                     and not isinstance(v, bool)})
+                tracker.log_artifact(Path(params.paths.model) / "loss.csv")
+                tracker.log_dict(summary, "train_metrics.json")
+            return summary
+        finally:
+            recipe.cleanup()
 
 
 def param_counts(model: nn.Module) -> dict[str, int]:
