@@ -21,7 +21,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from desta.config import ModelConfig
 from desta.models import store
 from desta.models.connector import QFormerConnector, default_target_layers, qformer_config
-from desta.models.layout import AudioSlot, ConversationLayout, load_windows, pad_batch, placeholder_token
+from desta.models.layout import AudioSlot, ConversationLayout, load_windows, pad_batch, pad_windows, placeholder_token
 
 log = logging.getLogger(__name__)
 
@@ -383,17 +383,6 @@ class DeSTA25AudioModel(nn.Module):
             texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
             results += [GenerationResult(t.strip(), tr) for t, tr in zip(texts, transcripts, strict=True)]
         return results
-
-
-def pad_windows(windows: list[torch.Tensor], frames: torch.Tensor) -> torch.Tensor | None:
-    """Per-window tapped states [L, frames_i, d] -> [n, L, max(frames), d], zero-padded (the connector masks it)."""
-    if not windows:
-        return None
-    first = windows[0]
-    out = first.new_zeros(len(windows), first.shape[0], int(frames.max()), first.shape[-1])
-    for j, w in enumerate(windows):
-        out[j, :, :w.shape[1]] = w
-    return out
 
 
 def _pad_id(tokenizer) -> int:

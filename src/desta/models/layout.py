@@ -159,6 +159,17 @@ def load_windows(slots: list[AudioSlot], feature_extractor: Any, cfg: Any) -> tu
     return windows, owners
 
 
+def pad_windows(windows: list[torch.Tensor], frames: torch.Tensor) -> torch.Tensor | None:
+    """Per-window tapped states [L, frames_i, d] -> [n, L, max(frames), d], zero-padded (the connector masks it)."""
+    if not windows:
+        return None
+    first = windows[0]
+    out = first.new_zeros(len(windows), first.shape[0], int(frames.max()), first.shape[-1])
+    for j, w in enumerate(windows):
+        out[j, :, :w.shape[1]] = w
+    return out
+
+
 def pad_batch(rows: list[Row], tokenizer: Any, left: bool, with_labels: bool) -> dict[str, torch.Tensor]:
     """Rows -> input_ids / attention_mask (/ labels) [b, t] and audio_batch_index / audio_positions [n]."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from desta.data.audio import AudioError, load_audio
-from desta.models.audio_llm import pad_windows
+from desta.models.layout import pad_windows
 
 log = logging.getLogger(__name__)
 
