@@ -27,7 +27,8 @@ from desta.data import synth
 from desta.data.audio import resample
 from desta.data.tts import speak
 
-VERSION = 3  # 2: held-out voices balanced for gender x language; 3: no breathy (non-reproducible) voice variants
+VERSION = 4  # 2: held-out voices balanced for gender x language; 3: no breathy (non-reproducible) voice variants;
+# 4: every train accent/language spoken by both genders, 10 test voices (5 women, 5 men) instead of 6
 SAMPLE_RATE = 16000
 KIND_SHARES = (("speech", 0.45), ("sound", 0.15), ("music", 0.15), ("mixture", 0.25))
 
@@ -47,23 +48,29 @@ def _v(spec: str) -> Voice:
 
 # Train voices and held-out voices are disjoint (different eSpeak variants and/or accents). No breathy variant
 # (+f2, +f3, +f5, whisper, ...): their noise depends on the clock, so the corpus would not be byte-reproducible.
+# Every train accent and language is spoken by a woman and a man, so neither gives the gender away (version 3 had
+# French, Spanish and Caribbean English from men only, German and New York English from women only).
 TRAIN_VOICES = [_v(s) for s in (
     "en-us+m1|Male|American|English", "en-us+Annie|Female|American|English", "en+m3|Male|British|English",
     "en+belinda|Female|British|English", "en-gb-scotland+m4|Male|Scottish|English",
-    "en-gb-scotland+f1|Female|Scottish|English",
-    "en-029+m2|Male|Caribbean|English", "en-us-nyc+f4|Female|New York|English", "fr+m2|Male|French|French",
-    "de+f4|Female|German|German", "es+m1|Male|Spanish|Spanish")]
+    "en-gb-scotland+aunty|Female|Scottish|English", "en-029+m2|Male|Caribbean|English",
+    "en-029+anika|Female|Caribbean|English", "en-us-nyc+m3|Male|New York|English",
+    "en-us-nyc+f4|Female|New York|English", "fr+m2|Male|French|French", "fr+Annie|Female|French|French",
+    "de+m4|Male|German|German", "de+f4|Female|German|German", "es+m1|Male|Spanish|Spanish",
+    "es+belinda|Female|Spanish|Spanish")]
 # Each held-out split has both genders in English and in another language, so no cue but the voice itself (not the
 # language, which the transcription and the audio both reveal) tells the gender. (Version 1 had every test-split
-# woman speak French or Spanish and every test-split man English.)
+# woman speak French or Spanish and every test-split man English.) The held-out voices use eSpeak variants that no
+# train voice uses; the test split has 10 voices, so per-speaker tests can reach p = 1/252 (version 3: 6, p >= 0.05).
 HELDOUT_VOICES = {
     "valid": [_v(s) for s in (
-        "en-us+linda|Female|American|English", "en+m5|Male|British|English", "fr+f4|Female|French|French",
-        "de+m2|Male|German|German")],
+        "en-us+linda|Female|American|English", "en+m5|Male|British|English", "de+grandma|Female|German|German",
+        "fr+m5|Male|French|French")],
     "test": [_v(s) for s in (
-        "en-gb-scotland+steph|Female|Scottish|English", "en-us+m6|Male|American|English",
-        "en-029+f1|Female|Caribbean|English", "en-029+m7|Male|Caribbean|English", "es+f1|Female|Spanish|Spanish",
-        "es+m3|Male|Spanish|Spanish")],
+        "en-gb-scotland+steph|Female|Scottish|English", "en-029+f1|Female|Caribbean|English",
+        "en-us+steph2|Female|American|English", "es+steph3|Female|Spanish|Spanish", "fr+Andrea|Female|French|French",
+        "en-us+m6|Male|American|English", "en-029+m7|Male|Caribbean|English", "en+m8|Male|British|English",
+        "es+m7|Male|Spanish|Spanish", "de+m6|Male|German|German")],
 }
 
 SUBJECTS = ("The old fisherman", "My younger sister", "A tall stranger", "The school teacher", "Our new neighbour",
