@@ -13,7 +13,7 @@ for the trained connector (--model) and a freshly initialised one (params' seed)
              random clip of the second): 0.5 = the answer does not follow the voice, whatever its bias
   p          one-sided Mann-Whitney p of that AUC, counting clips as independent
   by speaker the same AUC and p over each speaker's mean margin: clips of one voice are not independent, so
-             with few speakers (6 in the demo's test split: the best possible p is then 0.05) the per-clip p
+             with few speakers (10 in the demo's test split, 5 + 5: the best possible p is then 1/252) the per-clip p
              overstates the evidence
 """
 

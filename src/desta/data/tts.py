@@ -8,8 +8,8 @@ processes, not threads, for parallel synthesis. Output is bit-identical for equa
 across processes, except with the breathy variants (those whose `!v` file sets `breath`: +f2, +f3, +f5, +whisper,
 +Alicia, ...): their noise depends on the clock (measured 2026-11-26: processes started in different seconds differ,
 max |difference| 0.004-0.09 of full scale; reseeding libc's rand() does not help). Non-breathy female variants:
-+f1, +f4, +Annie, +belinda, +linda, +steph, +Andrea, +anika, +aunty (tests/unit/test_data_demo.py checks every
-demo voice across processes).
++f1, +f4, +Annie, +belinda, +linda, +steph, +steph2, +steph3, +Andrea, +anika, +aunty, +grandma
+(tests/unit/test_data_demo.py checks every demo voice across processes).
 """
 
 from __future__ import annotations
