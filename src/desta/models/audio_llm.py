@@ -21,7 +21,15 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from desta.config import ModelConfig
 from desta.models import store
 from desta.models.connector import QFormerConnector, default_target_layers, qformer_config
-from desta.models.layout import AudioSlot, ConversationLayout, load_windows, pad_batch, pad_windows, placeholder_token
+from desta.models.layout import (
+    AudioSlot,
+    ConversationLayout,
+    load_windows,
+    pad_batch,
+    pad_id,
+    pad_windows,
+    placeholder_token,
+)
 
 log = logging.getLogger(__name__)
 
@@ -378,15 +386,11 @@ class DeSTA25AudioModel(nn.Module):
             embeds = self._embed(batch["input_ids"], **audio)
             out = self.language_model.generate(
                 inputs_embeds=embeds, attention_mask=batch["attention_mask"].to(self.device),
-                max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, pad_token_id=_pad_id(self.tokenizer),
+                max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, pad_token_id=pad_id(self.tokenizer),
                 eos_token_id=_stop_ids(self.language_model, self.tokenizer), **sampling)
             texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
             results += [GenerationResult(t.strip(), tr) for t, tr in zip(texts, transcripts, strict=True)]
         return results
-
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def _stop_ids(llm, tokenizer) -> list[int]:

@@ -170,9 +170,14 @@ def pad_windows(windows: list[torch.Tensor], frames: torch.Tensor) -> torch.Tens
     return out
 
 
+def pad_id(tokenizer: Any) -> int:
+    """The tokenizer's pad token, or its end-of-sequence token where it has none (SmolLM2, Llama 3)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def pad_batch(rows: list[Row], tokenizer: Any, left: bool, with_labels: bool) -> dict[str, torch.Tensor]:
     """Rows -> input_ids / attention_mask (/ labels) [b, t] and audio_batch_index / audio_positions [n]."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     t = max(len(r.ids) for r in rows)
     ids = torch.full((len(rows), t), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), t), dtype=torch.long)
