@@ -170,6 +170,25 @@ class ValidateConfig(_Strict):
 
 
 # ----------------------------------------------------------------------------------------------------------- train
+class AttributeTargetsConfig(_Strict):
+    """Metadata answers beside the self-generated set (desta/train/attributes.py; docs/training.md, "Attribute
+    targets"). Not in the paper's recipe: on the CPU demo's 135M backbone the self-generated answers mention an
+    attribute too rarely for the connector to learn to say it, and a short one-word answer per clip ("What is the
+    speaker's gender?" -> "Female.") teaches it. The first `lead_fraction` of train.max_steps (rounded down) train on
+    these records only; every later micro-batch carries `per_micro_batch` of them besides the self-generated
+    records, their mean token loss weighted `weight` against the self-generated records' mean."""
+
+    enabled: bool = False
+    attributes: list[Literal["gender", "sound_class", "music_instrument"]] = Field(
+        default_factory=lambda: ["gender"], min_length=1)
+    lead_fraction: float = Field(0.5, ge=0, lt=1)  # a fraction, so a shorter `-S train.max_steps=N` keeps both phases
+
+    def lead_steps(self, max_steps: int) -> int:
+        return int(self.lead_fraction * max_steps) if self.enabled else 0
+    per_micro_batch: int = Field(2, ge=0)
+    weight: float = Field(1.0, gt=0)
+
+
 class TrainConfig(_Strict):
     """`desta train` (desta/train/recipe.py). Paper values (8B, 8 GPUs): lr 1e-4, betas (0.9, 0.98), weight decay
     0.01, 5000 warmup steps, clip 1.0, bf16, 5 epochs. Defaults here are sized for the CPU demo (see docs/training.md):
@@ -206,6 +225,7 @@ class TrainConfig(_Strict):
     log_every: int = Field(10, gt=0)  # console log line every N steps (the progress bar and MLflow get every step)
     feature_cache: bool = True  # cache frozen-encoder outputs per clip (deterministic) when the model supports it
     progress: bool = True  # tqdm progress bar on rank 0
+    attribute_targets: AttributeTargetsConfig = Field(default_factory=AttributeTargetsConfig)
 
 
 # -------------------------------------------------------------------------------------------------------- evaluate

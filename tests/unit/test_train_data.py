@@ -7,8 +7,11 @@ import pytest
 from test_train_fixtures import TinyAudioLM, make_generated
 
 from desta.config import TrainConfig
+from desta.data.manifest import Clip, write_shard
+from desta.evaluate.tasks.heldout import ATTRIBUTES
+from desta.train.attributes import attribute_records, pick
 from desta.train.collate import Collator
-from desta.train.data import BucketBatchSampler, GeneratedDataset, read_generated
+from desta.train.data import BucketBatchSampler, GeneratedDataset, WithExtraRecords, read_generated
 from desta.train.deepspeed import build_ds_config
 from desta.train.schedule import lr_factor
 
@@ -88,3 +91,40 @@ def test_deepspeed_config_generated_from_params(stage):
     assert ("offload_optimizer" in ds["zero_optimization"]) == (stage == 3)
     cpu = build_ds_config(cfg.model_copy(update={"offload_optimizer": False}), on_cpu=True)
     assert cpu["optimizer"]["params"]["torch_adam"] is True
+
+
+def test_attribute_records_one_word_answers_in_the_training_layout(tmp_path):
+    speech = Clip(id="d/s1", audio="a/s1.wav", duration=1.0, sample_rate=16000, channels=1, source="d",
+                  domain="speech", gender="Female", transcript=" hello ", background="rain")
+    plain = Clip(id="d/s0", audio="a/s0.wav", duration=1.0, sample_rate=16000, channels=1, source="d",
+                 domain="speech")  # no gender, no background: no record
+    sound = Clip(id="d/x", audio="a/x.wav", duration=1.0, sample_rate=16000, channels=1, source="d", domain="sound",
+                 sound_labels=["siren", "traffic"])
+    held = Clip(id="d/t", audio="a/t.wav", duration=1.0, sample_rate=16000, channels=1, source="d", domain="speech",
+                split="test", gender="Male")
+    write_shard([speech, plain, sound, held], tmp_path / "manifest-00000.parquet")
+    recs = attribute_records(tmp_path, ["gender", "sound_class"])
+    assert [(r["id"], r["response"]) for r in recs] == [
+        ("d/s1#gender", "Female."), ("d/s1#sound_class", "Rain."), ("d/x#sound_class", "Siren.")]
+    assert recs[0]["messages"] == [{"role": "user", "content": "<|AUDIO|>\n\nWhat is the speaker's gender?",
+                                    "audios": [{"audio": "a/s1.wav", "text": "hello"}]}]  # the inference layout
+    assert all(r["group"] == "attribute" for r in recs)
+    asked = {r["messages"][0]["content"].removeprefix("<|AUDIO|>\n\n") for r in recs}
+    assert len(asked) == 2 and not asked & {ATTRIBUTES["gender"][0], ATTRIBUTES["sound_class"][0],
+                                            "Is the speaker male or female?"}, \
+        "worded unlike the held-out benchmark's and attribute_ranking.py's questions"
+    with pytest.raises(ValueError, match="no train-split clip has any of .'music_instrument'"):
+        attribute_records(tmp_path, ["music_instrument"])
+
+
+def test_extra_records_ride_along_deterministically_and_resume():
+    base = BucketBatchSampler([10] * 12, batch_size=4, seed=3)
+    mixed = WithExtraRecords(base, n_base=12, n_extra=5, k=2, pick=pick)
+    mixed.set_epoch(1)
+    full = list(mixed)
+    assert len(full) == 3 and all(len(b) == 6 and all(12 <= i < 17 for i in b[4:]) for b in full)
+    assert [b[:4] for b in full] == base.epoch_batches()
+    mixed.set_epoch(1, start=1)
+    assert list(mixed) == full[1:] and len(mixed) == 2
+    mixed.set_epoch(2)
+    assert list(mixed) != full

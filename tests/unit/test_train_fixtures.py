@@ -31,6 +31,7 @@ class TinyAudioLM(nn.Module):
         for part in (self.audio_encoder, self.language_model):
             part.requires_grad_(False)
         self.fe = WhisperFeatureExtractor(feature_size=N_MELS)
+        self.seen: list[tuple] = []  # per forward: (each row's response, its label tokens, label_weights)
 
     def build_inputs(self, conversations, responses):
         feats, ids, labels = [], [], []
@@ -48,14 +49,23 @@ class TinyAudioLM(nn.Module):
                 "attention_mask": torch.tensor([[1] * len(x) + [0] * p for x, p in zip(ids, pad, strict=True)]),
                 "labels": torch.tensor([x + [-100] * p for x, p in zip(labels, pad, strict=True)])}
 
-    def forward(self, input_features, input_ids, attention_mask, labels, loss_only=False):  # loss only either way
+    def forward(self, input_features, input_ids, attention_mask, labels, loss_only=False,
+                label_weights=None):  # loss only either way
         audio = self.audio_encoder(input_features.transpose(1, 2)).mean(1)  # [b, d]
         queries = self.connector(audio).view(-1, N_QUERIES, D)  # [b, q, d]
         x = self.language_model["embed"](input_ids) + queries.mean(1, keepdim=True)  # [b, t, d]: audio conditions all
         h, _ = self.language_model["rnn"](x)
         logits = self.language_model["head"](h[:, :-1])  # position i predicts token i + 1
-        targets = labels[:, 1:].reshape(-1)
-        loss = nn.functional.cross_entropy(logits.reshape(-1, 256).float(), targets, ignore_index=-100)
+        targets = labels[:, 1:]
+        self.seen.append(([bytes(r[r != -100].tolist()).decode() for r in targets], (targets != -100).sum(1),
+                          label_weights))
+        if label_weights is None:
+            loss = nn.functional.cross_entropy(logits.reshape(-1, 256).float(), targets.reshape(-1), ignore_index=-100)
+        else:  # the DeSTA25AudioModel contract: a mean weighted per row
+            keep = targets != -100
+            w = label_weights.float()[:, None].expand_as(targets)[keep]
+            ce = nn.functional.cross_entropy(logits[keep].float(), targets[keep], reduction="none")
+            loss = (ce * w).sum() / w.sum()
         return type("Out", (), {"loss": loss})()
 
     def trainable_state_dict(self):
@@ -94,3 +104,14 @@ def make_generated(root: Path, n_train: int = 24, n_valid: int = 8, corrupt: int
                                    "<end_audio>", "audios": [{"audio": str(path), "text": transcript}]}]})
     (gen / "shard-00000.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return gen
+
+
+def make_manifest(root: Path, n_train: int = 24) -> Path:
+    """root/manifests with the train clips of make_generated (same audio): high tones 'Female', low 'Male'."""
+    from desta.data.manifest import Clip, write_shard
+
+    clips = [Clip(id=f"demo/clip{i:03d}", audio=str(root / "audio" / f"clip{i:03d}.wav"), duration=0.3,
+                  sample_rate=16000, channels=1, source="demo", domain="speech", split="train",
+                  gender="Female" if i % 2 else "Male") for i in range(n_train)]
+    write_shard(clips, root / "manifests" / "manifest-00000.parquet")
+    return root / "manifests"

@@ -104,6 +104,13 @@ class Clip:
             row["segments"] = [{k: s.get(k) for k in keys} for s in self.segments]
         return row
 
+    @property
+    def sound_class(self) -> str | None:
+        """The one sound a listener would name: the background mixed under speech, else a sound clip's first label."""
+        if self.background:
+            return self.background
+        return self.sound_labels[0] if self.domain == "sound" and self.sound_labels else None
+
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Clip:
         names = {f.name for f in fields(cls)}

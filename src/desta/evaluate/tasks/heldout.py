@@ -42,12 +42,6 @@ def _snr(db: float | None) -> str | None:
     return None if db is None else f"about {round(db):d} dB"
 
 
-def _sound(c: Clip) -> str | None:
-    if c.background:
-        return c.background
-    return c.sound_labels[0] if c.domain == "sound" and c.sound_labels else None
-
-
 # words that name an option in a free-form answer besides the option itself (attribute -> option -> aliases)
 ALIASES: dict[str, dict[str, tuple[str, ...]]] = {
     "gender": {"female": ("woman", "women", "girl", "lady"), "male": ("man", "men", "boy", "gentleman", "guy")},
@@ -61,7 +55,7 @@ ATTRIBUTES: dict[str, tuple[str, Callable[[Clip], str | None]]] = {
     "speaking_speed": ("How fast is the person speaking?", lambda c: c.speaking_speed),
     "pitch": ("How would you describe the pitch of the speaker's voice?", lambda c: c.pitch),
     "emotion": ("What emotion does the speaker express?", lambda c: c.emotion),
-    "sound_class": ("Which sound can be heard in the audio?", _sound),
+    "sound_class": ("Which sound can be heard in the audio?", lambda c: c.sound_class),
     "music_instrument": ("Which instrument is playing?", lambda c: c.music_instrument),
     "music_key": ("What is the key of the music?", lambda c: c.music_key),
     "music_mode": ("Is the music in a major or a minor mode?", lambda c: c.music_mode),
