@@ -15,6 +15,10 @@ for the trained connector (--model) and a freshly initialised one (params' seed)
   by speaker the same AUC and p over each speaker's mean margin: clips of one voice are not independent, so
              with few speakers (10 in the demo's test split, 5 + 5: the best possible p is then 1/252) the per-clip p
              overstates the evidence
+Then (unless --no-benchmark-forms) the held-out benchmark's own items for the attribute (desta evaluate, task
+"heldout": system prompt, audio first, its question) on every test clip rather than its capped 6: the multiple-choice
+item in both option orders scored like `choice_accuracy` / `calibrated_choice_accuracy`, and the open twin answered
+freely and scored like `open_accuracy` (right, clips whose answer names the first value, exact binomial p).
 """
 
 from __future__ import annotations
@@ -22,10 +26,13 @@ from __future__ import annotations
 import argparse
 
 import torch
-from scipy.stats import mannwhitneyu
+from scipy.stats import binomtest, mannwhitneyu
 
 from desta.config import load_params
 from desta.data.manifest import Clip, iter_clips
+from desta.evaluate import scorers
+from desta.evaluate.tasks.common import DESTA_SYSTEM, MCQ_SYSTEM, audio_conversation, mcq_prompt, without_audio
+from desta.evaluate.tasks.heldout import ALIASES, ATTRIBUTES
 from desta.models.audio_llm import DeSTA25AudioModel
 
 GENDER_QUESTIONS = ("What is the gender of the speaker?", "Is the speaker male or female?")
@@ -58,6 +65,32 @@ def by_speaker(margin: list[float], first: list[bool], clips: list[Clip]) -> tup
             [first[idx[0]] for idx in groups.values()])
 
 
+def benchmark_forms(model: DeSTA25AudioModel, clips: list[Clip], attribute: str, values: list[str]) -> list[str]:
+    """Lines for the held-out benchmark's MCQ item (both option orders) and open twin on every clip."""
+    question, value_of = ATTRIBUTES[attribute]
+    truth = [value_of(c) for c in clips]
+    lines = []
+    for order in (values, values[::-1]):
+        convs = [audio_conversation(c.audio, mcq_prompt(question, order), MCQ_SYSTEM) for c in clips]
+        with torch.no_grad():
+            own = model.option_logprobs(convs, [order] * len(clips))
+            prior = model.option_logprobs([without_audio(c) for c in convs], [order] * len(clips))
+        for name, scores in (("choice", own), ("calibrated", [[a - b for a, b in zip(s, p, strict=True)]
+                                                              for s, p in zip(own, prior, strict=True)])):
+            picked = [order[max(range(2), key=s.__getitem__)] for s in scores]
+            right = sum(x == t for x, t in zip(picked, truth, strict=True))
+            lines.append(f"  MCQ {' / '.join(order):16s} {name:10s} {right:2d}/{len(clips)}  first "
+                         f"{picked.count(values[0]):2d}  p {binomtest(right, len(clips), 0.5, 'greater').pvalue:.3g}")
+    convs = [audio_conversation(c.audio, question, DESTA_SYSTEM) for c in clips]
+    answers = [r.text for r in model.generate(convs, max_new_tokens=32)]
+    named = [scorers.named_options(a, values, ALIASES.get(attribute)) for a in answers]
+    right = sum(n == [t] for n, t in zip(named, truth, strict=True))
+    p = binomtest(right, len(clips), 0.5, "greater").pvalue
+    lines.append(f"  open (generated)                {right:2d}/{len(clips)}  first "
+                 f"{sum(n == [values[0]] for n in named):2d}  p {p:.3g}  e.g. {answers[0]!r}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
@@ -68,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--questions", nargs="+", default=None,
                     help=f"default for gender: {' | '.join(GENDER_QUESTIONS)}; "
                          "else \"What is the speaker's <attribute>?\"")
+    ap.add_argument("--no-benchmark-forms", dest="benchmark_forms", action="store_false",
+                    help="skip the held-out benchmark's own items (2.5 min per connector on 2 CPU cores)")
     args = ap.parse_args(argv)
     params = load_params(args.params)
     clips = [c for c in iter_clips(params.paths.manifests, splits=["test"]) if getattr(c, args.attribute)]
@@ -95,6 +130,10 @@ def main(argv: list[str] | None = None) -> None:
                 *_, s_auc, s_p = ranking(*by_speaker(margin, first, clips))
                 print(f"{name:10s} {question[:36]:36s} {form[:22]:22s} {right:2d}/{len(clips)} {said:3d}    "
                       f"{auc:.3f}  {p:<7.3g} {s_auc:.3f}  {s_p:.3g}", flush=True)
+    if args.benchmark_forms and args.attribute in ATTRIBUTES:
+        for name, model in models.items():
+            print(f"{name}: the held-out benchmark's items, all {len(clips)} test clips (chance 0.5)")
+            print("\n".join(benchmark_forms(model, clips, args.attribute, values)), flush=True)
 
 
 if __name__ == "__main__":

@@ -37,3 +37,29 @@ def test_by_speaker_pools_each_voice_into_its_mean_margin():
     clips = [clip(0, "a"), clip(1, "a"), clip(2, "b"), clip(3, None)]
     means, first = ar.by_speaker([1.0, 3.0, -1.0, 0.5], [True, True, False, False], clips)
     assert means == [2.0, -1.0, 0.5] and first == [True, False, False]
+
+
+class VoiceFollower:
+    """Hears the gender from the clip's file name; the audio-free prompt prefers the first listed option."""
+
+    def option_logprobs(self, convs, options):
+        out = []
+        for conv, opts in zip(convs, options, strict=True):
+            audio = [a["audio"] for m in conv for a in (m.get("audios") or [])]
+            heard = ("Female" if "f" in audio[0] else "Male") if audio else opts[0]
+            out.append([0.0 if o == heard else -1.0 for o in opts])
+        return out
+
+    def generate(self, convs, max_new_tokens=32):
+        return [type("R", (), {"text": "A woman." if "f" in conv[-1]["audios"][0]["audio"] else "The man."})()
+                for conv in convs]
+
+
+def test_benchmark_forms_score_the_heldout_items_on_every_clip():
+    clips = [Clip(id=f"c{i}", audio=f"{g}{i}.wav", duration=1.0, sample_rate=16000, channels=1, source="t",
+                  domain="speech", gender="Female" if g == "f" else "Male") for i, g in enumerate("ffmmm")]
+    lines = ar.benchmark_forms(VoiceFollower(), clips, "gender", ["Female", "Male"])
+    assert len(lines) == 5  # 2 option orders x (choice, calibrated) + open
+    assert all(" 5/5 " in line for line in lines), lines
+    assert "first  2" in lines[0] and "woman" in lines[-1]
+    assert "MCQ Female / Male" in lines[0] and "MCQ Male / Female" in lines[2]

@@ -9,6 +9,7 @@ from test_train_fixtures import TinyAudioLM, make_generated
 from desta.config import TrainConfig
 from desta.data.manifest import Clip, write_shard
 from desta.evaluate.tasks.heldout import ATTRIBUTES
+from desta.selfgen.records import AUDIO_SLOT, training_messages
 from desta.train.attributes import attribute_records, pick
 from desta.train.collate import Collator
 from desta.train.data import BucketBatchSampler, GeneratedDataset, WithExtraRecords, read_generated
@@ -106,10 +107,9 @@ def test_attribute_records_one_word_answers_in_the_training_layout(tmp_path):
     recs = attribute_records(tmp_path, ["gender", "sound_class"])
     assert [(r["id"], r["response"]) for r in recs] == [
         ("d/s1#gender", "Female."), ("d/s1#sound_class", "Rain."), ("d/x#sound_class", "Siren.")]
-    assert recs[0]["messages"] == [{"role": "user", "content": "<|AUDIO|>\n\nWhat is the speaker's gender?",
-                                    "audios": [{"audio": "a/s1.wav", "text": "hello"}]}]  # the inference layout
+    assert recs[0]["messages"] == training_messages("What is the speaker's gender?", "a/s1.wav", "hello")
     assert all(r["group"] == "attribute" for r in recs)
-    asked = {r["messages"][0]["content"].removeprefix("<|AUDIO|>\n\n") for r in recs}
+    asked = {r["messages"][1]["content"].removesuffix(" " + AUDIO_SLOT) for r in recs}
     assert len(asked) == 2 and not asked & {ATTRIBUTES["gender"][0], ATTRIBUTES["sound_class"][0],
                                             "Is the speaker male or female?"}, \
         "worded unlike the held-out benchmark's and attribute_ranking.py's questions"

@@ -3,11 +3,12 @@ read from the manifest's metadata ("What is the speaker's gender?" -> "Female.")
 self-generated set. Not in the DeSTA2.5 recipe; docs/training.md ("Attribute targets") has the measurements that
 put it in the CPU demo's default.
 
-The records are in the layout the model is asked in (audio first, then the question; the clip's transcript after
-the audio queries), not the generated set's (question first, training system prompt): trained in one layout, the
-decision does not carry to the other (docs/training.md). They go through the same dataset, collator and encoder
-cache as the generated records. The questions are worded unlike the held-out benchmark's
-(desta/evaluate/tasks/heldout.py) and benchmarks/attribute_ranking.py's.
+The records have the generated set's layout (training system prompt, question before the audio slot, the clip's
+transcript after the audio queries), so they go through the same dataset, collator and encoder cache. Measured on
+the demo (docs/training.md, "Attribute targets"), this layout gave answers that follow unseen voices when asked
+in it, while records in the inference layout (audio first) or in both layouts did worse in every form. The
+questions are worded unlike the held-out benchmark's (desta/evaluate/tasks/heldout.py) and
+benchmarks/attribute_ranking.py's.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from desta.data.manifest import Clip, iter_clips
-from desta.models.layout import AUDIO
-from desta.selfgen.records import transcript_of
+from desta.selfgen.records import training_messages, transcript_of
 
 GROUP = "attribute"  # the dataset items' `group`: the collator weighs these rows' loss separately
 
@@ -29,12 +29,6 @@ QUESTIONS: dict[str, tuple[str, Callable[[Clip], str | None]]] = {
     "sound_class": ("What sound is this?", lambda c: c.sound_class),
     "music_instrument": ("What instrument is this?", lambda c: c.music_instrument),
 }
-
-
-def inference_messages(question: str, audio: str, transcript: str | None) -> list[dict[str, Any]]:
-    """The layout the model is asked in (desta chat, desta evaluate): no system message, so the model's own system
-    prompt; the audio, a blank line, then the question."""
-    return [{"role": "user", "content": f"{AUDIO}\n\n{question}", "audios": [{"audio": audio, "text": transcript}]}]
 
 
 def answer(value: str) -> str:
@@ -56,7 +50,7 @@ def attribute_records(manifest_dir: str | Path, attributes: list[str], split: st
                 continue
             records.append({"id": f"{clip.id}#{attr}", "clip_id": clip.id, "attribute": attr, "group": GROUP,
                             "response": answer(str(value)),
-                            "messages": inference_messages(question, clip.audio, transcript_of(clip))})
+                            "messages": training_messages(question, clip.audio, transcript_of(clip))})
     if not records:
         raise ValueError(f"{manifest_dir}: no {split}-split clip has any of {attributes}; turn "
                          "train.attribute_targets off or prepare a corpus with that metadata")
