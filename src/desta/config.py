@@ -182,11 +182,11 @@ class AttributeTargetsConfig(_Strict):
     attributes: list[Literal["gender", "sound_class", "music_instrument"]] = Field(
         default_factory=lambda: ["gender"], min_length=1)
     lead_fraction: float = Field(0.5, ge=0, lt=1)  # a fraction, so a shorter `-S train.max_steps=N` keeps both phases
+    per_micro_batch: int = Field(2, ge=0)
+    weight: float = Field(1.0, gt=0)
 
     def lead_steps(self, max_steps: int) -> int:
         return int(self.lead_fraction * max_steps) if self.enabled else 0
-    per_micro_batch: int = Field(2, ge=0)
-    weight: float = Field(1.0, gt=0)
 
 
 class TrainConfig(_Strict):

@@ -16,6 +16,7 @@ import math
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -127,13 +128,10 @@ class Recipe:
                      100 * self.counts["trainable"] / max(1, self.counts["total"]), len(self.train_ds),
                      len(self.valid_ds) if self.valid_ds else 0, self.device)
             if self.attr_ds is not None:
-                by_attr: dict[str, int] = {}
-                for r in self.attr_ds.records:
-                    by_attr[r["attribute"]] = by_attr.get(r["attribute"], 0) + 1
+                by_attr = Counter(r["attribute"] for r in self.attr_ds.records)
                 log.info("attribute targets: %s train records; %d lead steps, then %d per micro-batch at weight %g",
                          ", ".join(f"{n} {a}" for a, n in by_attr.items()), at.lead_steps(self.cfg.max_steps),
-                         at.per_micro_batch,
-                         at.weight)
+                         at.per_micro_batch, at.weight)
 
     def load_data(self) -> tuple[GeneratedDataset, GeneratedDataset | None]:
         gen = self.params.paths.generated
@@ -180,9 +178,7 @@ class Recipe:
             self.train_batches.set_epoch(self.state.epoch, start=self.state.batch_in_epoch)
             for batch in self.loader(self.train_source, self.train_batches):
                 self.state.batch_in_epoch += 1
-                if batch["n_skipped"]:
-                    self.state.skipped_clips += batch["n_skipped"]
-                    log.warning("skipped %d corrupt clip(s): %s", batch["n_skipped"], "; ".join(batch["skipped"]))
+                self.count_skipped(batch)
                 if batch["n_samples"]:
                     yield batch
             self.state.epoch += 1
@@ -230,15 +226,18 @@ class Recipe:
         if bar is not None:
             bar.close()
 
+    def count_skipped(self, batch: dict[str, Any]) -> None:
+        if batch["n_skipped"]:
+            self.state.skipped_clips += batch["n_skipped"]
+            log.warning("skipped %d corrupt clip(s): %s", batch["n_skipped"], "; ".join(batch["skipped"]))
+
     def lead_batch(self, step: int, micro: int) -> dict[str, Any]:
         """A micro-batch of attribute-target records only (train.attribute_targets.lead_fraction), drawn as a pure
         function of (seed, rank, step, micro); the self-generated stream's position does not move."""
         ds = self.attr_ds
         idx = attributes.pick(len(ds), self.cfg.micro_batch_size, self.cfg.seed, self.engine.rank, "lead", step, micro)
         batch = self.collate([ds[i] for i in idx])
-        if batch["n_skipped"]:
-            self.state.skipped_clips += batch["n_skipped"]
-            log.warning("skipped %d corrupt clip(s): %s", batch["n_skipped"], "; ".join(batch["skipped"]))
+        self.count_skipped(batch)
         if not batch["n_samples"]:
             raise ValueError(f"{self.params.paths.manifests}: every clip of an attribute-target micro-batch failed "
                              f"to load ({'; '.join(batch['skipped'])}); run `desta prepare` again")
