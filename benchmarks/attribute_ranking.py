@@ -2,11 +2,13 @@
 
     .venv/bin/python benchmarks/attribute_ranking.py [--params params.yaml] [--model data/model]
                                                      [--attribute gender] [--forms FORM ...] [--questions Q ...]
+                                                     [--orders question-first audio-first]
 
 Run in a workspace after `desta train`. For every labelled test clip (unseen voices in the demo corpus) and a
 two-valued attribute, it scores both values as the assistant's whole answer by log-probability, in each answer
 form (default: the generator's sentence "The speaker is a female." and the bare "Female.") under each question,
-for the trained connector (--model) and a freshly initialised one (params' seed) side by side, and prints:
+asked before the audio (the generated set's order) and after it (the order `desta evaluate` asks in), for the
+trained connector (--model) and a freshly initialised one (params' seed) side by side, and prints:
   right      clips whose true value is the likelier answer (what choice scoring counts)
   first      clips given the first value (a model that says "male" to everyone scores right = the male clips)
   AUC        P(the margin log p(first) - log p(second) is larger for a random clip of the first value than for a
@@ -17,8 +19,10 @@ for the trained connector (--model) and a freshly initialised one (params' seed)
              overstates the evidence
 Then (unless --no-benchmark-forms) the held-out benchmark's own items for the attribute (desta evaluate, task
 "heldout": system prompt, audio first, its question) on every test clip rather than its capped 6: the multiple-choice
-item in both option orders scored like `choice_accuracy` / `calibrated_choice_accuracy`, and the open twin answered
-freely and scored like `open_accuracy` (right, clips whose answer names the first value, exact binomial p).
+item in both option orders scored like `choice_accuracy` / `calibrated_choice_accuracy` and once more against
+the mean option log-probabilities of the same item asked about 8 train clips (`train-ref`: where the answer follows
+the voice but its threshold sits on one value, this moves the threshold, using train clips only), and the open twin
+answered freely and scored like `open_accuracy` (right, clips whose answer names the first value, exact binomial p).
 """
 
 from __future__ import annotations
@@ -35,12 +39,17 @@ from desta.evaluate.tasks.common import DESTA_SYSTEM, MCQ_SYSTEM, audio_conversa
 from desta.evaluate.tasks.heldout import ALIASES, ATTRIBUTES
 from desta.models.audio_llm import DeSTA25AudioModel
 
+N_REFERENCES = 8  # train clips (first by id with the attribute) whose mean option log-probs set `train-ref`
 GENDER_QUESTIONS = ("What is the gender of the speaker?", "Is the speaker male or female?")
 
 
-def margins(model: DeSTA25AudioModel, clips: list[Clip], question: str, answers: list[str]) -> list[float]:
-    """Per clip log p(answers[0]) - log p(answers[1]) as the whole answer to `question` about its audio."""
-    convs = [[{"role": "user", "content": f"{question} <|AUDIO|>",
+def margins(model: DeSTA25AudioModel, clips: list[Clip], question: str, answers: list[str],
+            audio_first: bool = False) -> list[float]:
+    """Per clip log p(answers[0]) - log p(answers[1]) as the whole answer to `question` about its audio: asked
+    before the audio (the generated set's order) or, with audio_first, after it (`desta chat` / `desta evaluate`'s
+    order: the audio, a blank line, the question)."""
+    content = f"<|AUDIO|>\n\n{question}" if audio_first else f"{question} <|AUDIO|>"
+    convs = [[{"role": "user", "content": content,
                "audios": [{"audio": c.audio, "text": c.transcript or ""}]}] for c in clips]
     with torch.no_grad():
         scores = model.option_logprobs(convs, [answers] * len(clips))
@@ -65,18 +74,24 @@ def by_speaker(margin: list[float], first: list[bool], clips: list[Clip]) -> tup
             [first[idx[0]] for idx in groups.values()])
 
 
-def benchmark_forms(model: DeSTA25AudioModel, clips: list[Clip], attribute: str, values: list[str]) -> list[str]:
-    """Lines for the held-out benchmark's MCQ item (both option orders) and open twin on every clip."""
+def benchmark_forms(model: DeSTA25AudioModel, clips: list[Clip], attribute: str, values: list[str],
+                    references: list[Clip]) -> list[str]:
+    """Lines for the held-out benchmark's MCQ item (both option orders) and open twin on every clip; `references`
+    (train clips) give the `train-ref` threshold."""
     question, value_of = ATTRIBUTES[attribute]
     truth = [value_of(c) for c in clips]
     lines = []
     for order in (values, values[::-1]):
-        convs = [audio_conversation(c.audio, mcq_prompt(question, order), MCQ_SYSTEM) for c in clips]
+        prompt = mcq_prompt(question, order)
+        convs = [audio_conversation(c.audio, prompt, MCQ_SYSTEM) for c in clips]
         with torch.no_grad():
             own = model.option_logprobs(convs, [order] * len(clips))
-            prior = model.option_logprobs([without_audio(c) for c in convs], [order] * len(clips))
-        for name, scores in (("choice", own), ("calibrated", [[a - b for a, b in zip(s, p, strict=True)]
-                                                              for s, p in zip(own, prior, strict=True)])):
+            prior = model.option_logprobs([without_audio(convs[0])], [order])[0]  # the same text for every clip
+            ref = model.option_logprobs([audio_conversation(c.audio, prompt, MCQ_SYSTEM) for c in references],
+                                        [order] * len(references))
+        ref_mean = [sum(r[k] for r in ref) / len(ref) for k in range(len(order))]
+        for name, base in (("choice", [0.0] * len(order)), ("calibrated", prior), ("train-ref", ref_mean)):
+            scores = [[a - b for a, b in zip(s, base, strict=True)] for s in own]
             picked = [order[max(range(2), key=s.__getitem__)] for s in scores]
             right = sum(x == t for x, t in zip(picked, truth, strict=True))
             lines.append(f"  MCQ {' / '.join(order):16s} {name:10s} {right:2d}/{len(clips)}  first "
@@ -101,6 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--questions", nargs="+", default=None,
                     help=f"default for gender: {' | '.join(GENDER_QUESTIONS)}; "
                          "else \"What is the speaker's <attribute>?\"")
+    ap.add_argument("--orders", nargs="+", choices=["question-first", "audio-first"],
+                    default=["question-first", "audio-first"],
+                    help="question before the audio (the generated set's order) and/or after it (desta evaluate's)")
     ap.add_argument("--no-benchmark-forms", dest="benchmark_forms", action="store_false",
                     help="skip the held-out benchmark's own items (2.5 min per connector on 2 CPU cores)")
     args = ap.parse_args(argv)
@@ -119,21 +137,25 @@ def main(argv: list[str] | None = None) -> None:
     cache = params.model_cache_dir()
     models = {"untrained": DeSTA25AudioModel.from_params(params.model, cache, seed=params.train.seed),
               "trained": DeSTA25AudioModel.from_pretrained(args.model or params.paths.model, cache)}
-    print(f"{'connector':10s} {'question':36s} {'answer form':22s} right  first  AUC    p       by speaker: AUC  p")
+    print(f"{'connector':10s} {'order':12s} {'question':36s} {'answer form':22s} right  first  AUC    p       "
+          "by speaker: AUC  p")
     for name, model in models.items():
         model.eval()
-        for question in questions:
-            for form in args.forms:
-                answers = [form.format(v=v.lower(), V=v) for v in values]
-                margin = margins(model, clips, question, answers)
-                right, said, auc, p = ranking(margin, first)
-                *_, s_auc, s_p = ranking(*by_speaker(margin, first, clips))
-                print(f"{name:10s} {question[:36]:36s} {form[:22]:22s} {right:2d}/{len(clips)} {said:3d}    "
-                      f"{auc:.3f}  {p:<7.3g} {s_auc:.3f}  {s_p:.3g}", flush=True)
+        for order in args.orders:
+            for question in questions:
+                for form in args.forms:
+                    answers = [form.format(v=v.lower(), V=v) for v in values]
+                    margin = margins(model, clips, question, answers, audio_first=order == "audio-first")
+                    right, said, auc, p = ranking(margin, first)
+                    *_, s_auc, s_p = ranking(*by_speaker(margin, first, clips))
+                    print(f"{name:10s} {order:12s} {question[:36]:36s} {form[:22]:22s} {right:2d}/{len(clips)} "
+                          f"{said:3d}    {auc:.3f}  {p:<7.3g} {s_auc:.3f}  {s_p:.3g}", flush=True)
     if args.benchmark_forms and args.attribute in ATTRIBUTES:
+        train = sorted((c for c in iter_clips(params.paths.manifests, splits=["train"]) if getattr(c, args.attribute)),
+                       key=lambda c: c.id)[:N_REFERENCES]
         for name, model in models.items():
             print(f"{name}: the held-out benchmark's items, all {len(clips)} test clips (chance 0.5)")
-            print("\n".join(benchmark_forms(model, clips, args.attribute, values)), flush=True)
+            print("\n".join(benchmark_forms(model, clips, args.attribute, values, train)), flush=True)
 
 
 if __name__ == "__main__":

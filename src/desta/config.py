@@ -173,14 +173,19 @@ class ValidateConfig(_Strict):
 class AttributeTargetsConfig(_Strict):
     """Metadata answers beside the self-generated set (desta/train/attributes.py; docs/training.md, "Attribute
     targets"). Not in the paper's recipe: on the CPU demo's 135M backbone the self-generated answers mention an
-    attribute too rarely for the connector to learn to say it, and a short one-word answer per clip ("What is the
-    speaker's gender?" -> "Female.") teaches it. The first `lead_fraction` of train.max_steps (rounded down) train on
-    these records only; every later micro-batch carries `per_micro_batch` of them besides the self-generated
-    records, their mean token loss weighted `weight` against the self-generated records' mean."""
+    attribute too rarely for the connector to learn to say it, and a short one-word answer per clip and question
+    order ("Is this voice a man's or a woman's?" -> "Female."; wordings drawn from a pool) teaches it. The first
+    `lead_fraction` of train.max_steps (rounded down) train on these records only; every later micro-batch carries
+    `per_micro_batch` of them besides the self-generated records, their mean token loss weighted `weight` against
+    the self-generated records' mean."""
 
     enabled: bool = False
     attributes: list[Literal["gender", "sound_class", "music_instrument"]] = Field(
         default_factory=lambda: ["gender"], min_length=1)
+    # one record per clip and order: the question before the audio (the generated set's layout) and/or after it
+    # (the layout `desta chat` and `desta evaluate` ask in)
+    orders: list[Literal["question-first", "audio-first"]] = Field(
+        default_factory=lambda: ["question-first", "audio-first"], min_length=1)
     lead_fraction: float = Field(0.5, ge=0, lt=1)  # a fraction, so a shorter `-S train.max_steps=N` keeps both phases
     per_micro_batch: int = Field(2, ge=0)
     weight: float = Field(1.0, gt=0)

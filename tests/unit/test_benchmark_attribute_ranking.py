@@ -40,14 +40,19 @@ def test_by_speaker_pools_each_voice_into_its_mean_margin():
 
 
 class VoiceFollower:
-    """Hears the gender from the clip's file name; the audio-free prompt prefers the first listed option."""
+    """Hears the gender from the clip's file name; the audio-free prompt prefers the first listed option; `bias` is
+    added to the log-prob of "Male" whatever the audio (a threshold sitting on one value)."""
+
+    def __init__(self, bias: float = 0.0):
+        self.bias, self.asked = bias, []
 
     def option_logprobs(self, convs, options):
         out = []
         for conv, opts in zip(convs, options, strict=True):
+            self.asked.append(conv[-1]["content"])
             audio = [a["audio"] for m in conv for a in (m.get("audios") or [])]
             heard = ("Female" if "f" in audio[0] else "Male") if audio else opts[0]
-            out.append([0.0 if o == heard else -1.0 for o in opts])
+            out.append([(0.0 if o == heard else -1.0) + (self.bias if audio and o == "Male" else 0.0) for o in opts])
         return out
 
     def generate(self, convs, max_new_tokens=32):
@@ -55,11 +60,30 @@ class VoiceFollower:
                 for conv in convs]
 
 
+def gendered(voices: str, prefix: str = "c") -> list[Clip]:
+    return [Clip(id=f"{prefix}{i}", audio=f"{g}{i}.wav", duration=1.0, sample_rate=16000, channels=1, source="t",
+                 domain="speech", gender="Female" if g == "f" else "Male") for i, g in enumerate(voices)]
+
+
 def test_benchmark_forms_score_the_heldout_items_on_every_clip():
-    clips = [Clip(id=f"c{i}", audio=f"{g}{i}.wav", duration=1.0, sample_rate=16000, channels=1, source="t",
-                  domain="speech", gender="Female" if g == "f" else "Male") for i, g in enumerate("ffmmm")]
-    lines = ar.benchmark_forms(VoiceFollower(), clips, "gender", ["Female", "Male"])
-    assert len(lines) == 5  # 2 option orders x (choice, calibrated) + open
+    lines = ar.benchmark_forms(VoiceFollower(), gendered("ffmmm"), "gender", ["Female", "Male"], gendered("fm", "r"))
+    assert len(lines) == 7  # 2 option orders x (choice, calibrated, train-ref) + open
     assert all(" 5/5 " in line for line in lines), lines
     assert "first  2" in lines[0] and "woman" in lines[-1]
-    assert "MCQ Female / Male" in lines[0] and "MCQ Male / Female" in lines[2]
+    assert "MCQ Female / Male" in lines[0] and "MCQ Male / Female" in lines[3] and "train-ref" in lines[2]
+
+
+def test_train_ref_moves_a_threshold_that_sits_on_one_value():
+    # the answer follows the voice but "Male" wins every clip; train clips of both voices put the threshold back
+    lines = ar.benchmark_forms(VoiceFollower(bias=1.5), gendered("ffmmm"), "gender", ["Female", "Male"],
+                               gendered("fm", "r"))
+    choice, train_ref = lines[0], lines[2]
+    assert " 3/5 " in choice and "first  0" in choice
+    assert " 5/5 " in train_ref and "first  2" in train_ref
+
+
+def test_margins_ask_before_or_after_the_audio():
+    model = VoiceFollower()
+    ar.margins(model, gendered("f"), "Q?", ["Female.", "Male."])
+    ar.margins(model, gendered("f"), "Q?", ["Female.", "Male."], audio_first=True)
+    assert model.asked == ["Q? <|AUDIO|>", "<|AUDIO|>\n\nQ?"]

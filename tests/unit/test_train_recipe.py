@@ -147,7 +147,7 @@ def test_attribute_targets_lead_then_ride_along_and_resume_exactly(tmp_path):
         return models[-1]
 
     summary = run_train(tiny_params(full, attribute_targets=ATTRIBUTE_TARGETS, save_every=1), recording)
-    assert summary["attribute_records"] == 20
+    assert summary["attribute_records"] == 40  # 20 gender-labelled train clips x 2 question orders
     kinds = []
     for responses, n_tokens, weights in models[0].seen:
         attr = [r in ("Female.", "Male.") for r in responses]

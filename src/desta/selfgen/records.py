@@ -56,6 +56,12 @@ def training_messages(prompt: str, audio: str, transcript: str | None) -> list[d
     ]
 
 
+def audio_first_messages(prompt: str, audio: str, transcript: str | None) -> list[dict[str, Any]]:
+    """The same request as `desta chat` / `desta evaluate` ask it: the audio, a blank line, the prompt (no system
+    message: the model's own system prompt is used)."""
+    return [{"role": "user", "content": f"<|AUDIO|>\n\n{prompt}", "audios": [{"audio": audio, "text": transcript}]}]
+
+
 def transcript_of(clip: Clip) -> str | None:
     """The text fed after the audio queries at training time: the transcript, else the joined segment texts."""
     if clip.transcript and clip.transcript.strip():

@@ -1,33 +1,46 @@
-"""Attribute targets for `desta train` (train.attribute_targets): one short answer per train clip and attribute,
-read from the manifest's metadata ("What is the speaker's gender?" -> "Female."), trained beside the
-self-generated set. Not in the DeSTA2.5 recipe; docs/training.md ("Attribute targets") has the measurements that
-put it in the CPU demo's default.
+"""Attribute targets for `desta train` (train.attribute_targets): one short answer per train clip, attribute and
+question order, read from the manifest's metadata ("Is this voice a man's or a woman's?" -> "Female."), trained
+beside the self-generated set. Not in the DeSTA2.5 recipe; docs/training.md ("Attribute targets") has the
+measurements that put it in the CPU demo's default.
 
-The records have the generated set's layout (training system prompt, question before the audio slot, the clip's
-transcript after the audio queries), so they go through the same dataset, collator and encoder cache. Measured on
-the demo (docs/training.md, "Attribute targets"), this layout gave answers that follow unseen voices when asked
-in it, while records in the inference layout (audio first) or in both layouts did worse in every form. The
-questions are worded unlike the held-out benchmark's (desta/evaluate/tasks/heldout.py) and
-benchmarks/attribute_ranking.py's.
+Each clip gets one record per order in `orders`: "question-first" in the generated set's layout (training system
+prompt, the question before the audio slot, the clip's transcript after the audio queries) and "audio-first" in the
+layout `desta chat` / `desta evaluate` ask in (the audio, a blank line, the question; the model's system prompt).
+Each record's question is drawn, by a hash of (record, order), from a pool of wordings per attribute. Measured on the
+demo: with one wording the answer followed unseen voices by likelihood but its threshold sat on one value whenever
+the question was worded or placed otherwise (e.g. the held-out benchmark's "What is the gender of the speaker?"
+after the audio: "male" to every clip); a pool of wordings in both orders let the benchmark's own open question be
+answered right for 26 of 31 unseen-voice clips. No wording is the held-out benchmark's
+(desta/evaluate/tasks/heldout.py) or benchmarks/attribute_ranking.py's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from desta.data.manifest import Clip, iter_clips
-from desta.selfgen.records import training_messages, transcript_of
+from desta.selfgen.records import audio_first_messages, training_messages, transcript_of
 
 GROUP = "attribute"  # the dataset items' `group`: the collator weighs these rows' loss separately
+ORDERS = ("question-first", "audio-first")
 
-# attribute -> (question, value of a clip or None when it lacks the attribute)
-QUESTIONS: dict[str, tuple[str, Callable[[Clip], str | None]]] = {
-    "gender": ("What is the speaker's gender?", lambda c: c.gender),
-    "sound_class": ("What sound is this?", lambda c: c.sound_class),
-    "music_instrument": ("What instrument is this?", lambda c: c.music_instrument),
+# attribute -> (question wordings, value of a clip or None when it lacks the attribute)
+QUESTIONS: dict[str, tuple[tuple[str, ...], Callable[[Clip], str | None]]] = {
+    "gender": (("What is the speaker's gender?", "Is this voice a man's or a woman's?",
+                "Who is speaking, a man or a woman?", "Tell me the gender of the person speaking.",
+                "Identify the speaker's gender.", "What gender is the voice in this clip?",
+                "Is the person talking a man or a woman?", "What is the sex of the speaker?"), lambda c: c.gender),
+    "sound_class": (("What sound is this?", "What can you hear in this clip?", "Name the sound in this recording.",
+                     "What is making this sound?", "Identify the sound.", "What sound do you hear?",
+                     "What kind of sound is this?", "Which sound is in this recording?"), lambda c: c.sound_class),
+    "music_instrument": (("What instrument is this?", "Name the instrument in this recording.",
+                          "Which instrument do you hear?", "What instrument is being played?",
+                          "Identify the instrument.", "What is the instrument in this clip?"),
+                         lambda c: c.music_instrument),
 }
 
 
@@ -36,21 +49,35 @@ def answer(value: str) -> str:
     return f"{value[:1].upper()}{value[1:]}."
 
 
-def attribute_records(manifest_dir: str | Path, attributes: list[str], split: str = "train") -> list[dict[str, Any]]:
-    """One record per (clip of `split`, attribute the clip has), ordered by clip id then attribute."""
+def wording(attribute: str, key: str) -> str:
+    """The attribute's question for one record: a pure function of `key`, so every run builds the same records."""
+    pool = QUESTIONS[attribute][0]
+    return pool[hashlib.sha256(key.encode()).digest()[0] % len(pool)]
+
+
+def attribute_records(manifest_dir: str | Path, attributes: list[str], split: str = "train",
+                      orders: list[str] | tuple[str, ...] = ORDERS) -> list[dict[str, Any]]:
+    """Records for every (clip of `split`, attribute the clip has, order), ordered by clip id, attribute, order."""
     unknown = sorted(set(attributes) - QUESTIONS.keys())
     if unknown:
         raise ValueError(f"train.attribute_targets.attributes: unknown {unknown}; choose from {sorted(QUESTIONS)}")
+    bad = sorted(set(orders) - set(ORDERS))
+    if bad or not orders:
+        raise ValueError(f"train.attribute_targets.orders: {bad or 'empty'}; choose from {list(ORDERS)}")
     records = []
     for clip in sorted(iter_clips(manifest_dir, splits=[split]), key=lambda c: c.id):
         for attr in attributes:
-            question, value_of = QUESTIONS[attr]
-            value = value_of(clip)
+            value = QUESTIONS[attr][1](clip)
             if not value:
                 continue
-            records.append({"id": f"{clip.id}#{attr}", "clip_id": clip.id, "attribute": attr, "group": GROUP,
-                            "response": answer(str(value)),
-                            "messages": training_messages(question, clip.audio, transcript_of(clip))})
+            rid = f"{clip.id}#{attr}"
+            for order in (o for o in ORDERS if o in orders):
+                first = order == "question-first"
+                question = wording(attr, rid + ("pf" if first else "af"))
+                layout = training_messages if first else audio_first_messages
+                records.append({"id": rid if first else f"{rid}@{order}", "clip_id": clip.id, "attribute": attr,
+                                "order": order, "group": GROUP, "response": answer(str(value)),
+                                "messages": layout(question, clip.audio, transcript_of(clip))})
     if not records:
         raise ValueError(f"{manifest_dir}: no {split}-split clip has any of {attributes}; turn "
                          "train.attribute_targets off or prepare a corpus with that metadata")

@@ -138,7 +138,8 @@ class Recipe:
         train = read_generated(gen, ["train"])
         valid = read_generated(gen, ["valid"])
         at = self.cfg.attribute_targets
-        extra = attributes.attribute_records(self.params.paths.manifests, at.attributes) if at.enabled else []
+        extra = (attributes.attribute_records(self.params.paths.manifests, at.attributes, orders=at.orders)
+                 if at.enabled else [])
         too_long = [r for r in train if length_estimate(r) > self.cfg.max_seq_len]
         if too_long:
             log.warning("%d train records exceed train.max_seq_len=%d (estimated tokens); they are skipped",
