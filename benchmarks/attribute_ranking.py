@@ -38,6 +38,7 @@ from desta.evaluate import scorers
 from desta.evaluate.tasks.common import DESTA_SYSTEM, MCQ_SYSTEM, audio_conversation, mcq_prompt, without_audio
 from desta.evaluate.tasks.heldout import ALIASES, ATTRIBUTES
 from desta.models.audio_llm import DeSTA25AudioModel
+from desta.selfgen.records import audio_first_messages
 
 N_REFERENCES = 8  # train clips (first by id with the attribute) whose mean option log-probs set `train-ref`
 GENDER_QUESTIONS = ("What is the gender of the speaker?", "Is the speaker male or female?")
@@ -48,9 +49,10 @@ def margins(model: DeSTA25AudioModel, clips: list[Clip], question: str, answers:
     """Per clip log p(answers[0]) - log p(answers[1]) as the whole answer to `question` about its audio: asked
     before the audio (the generated set's order) or, with audio_first, after it (`desta chat` / `desta evaluate`'s
     order: the audio, a blank line, the question)."""
-    content = f"<|AUDIO|>\n\n{question}" if audio_first else f"{question} <|AUDIO|>"
-    convs = [[{"role": "user", "content": content,
-               "audios": [{"audio": c.audio, "text": c.transcript or ""}]}] for c in clips]
+    convs = [audio_first_messages(question, c.audio, c.transcript or "") if audio_first else
+             [{"role": "user", "content": f"{question} <|AUDIO|>", "audios": [{"audio": c.audio,
+                                                                             "text": c.transcript or ""}]}]
+             for c in clips]
     with torch.no_grad():
         scores = model.option_logprobs(convs, [answers] * len(clips))
     return [a - b for a, b in scores]
@@ -92,7 +94,7 @@ def benchmark_forms(model: DeSTA25AudioModel, clips: list[Clip], attribute: str,
         ref_mean = [sum(r[k] for r in ref) / len(ref) for k in range(len(order))]
         for name, base in (("choice", [0.0] * len(order)), ("calibrated", prior), ("train-ref", ref_mean)):
             scores = [[a - b for a, b in zip(s, base, strict=True)] for s in own]
-            picked = [order[max(range(2), key=s.__getitem__)] for s in scores]
+            picked = [order[max(range(len(order)), key=s.__getitem__)] for s in scores]
             right = sum(x == t for x, t in zip(picked, truth, strict=True))
             lines.append(f"  MCQ {' / '.join(order):16s} {name:10s} {right:2d}/{len(clips)}  first "
                          f"{picked.count(values[0]):2d}  p {binomtest(right, len(clips), 0.5, 'greater').pvalue:.3g}")

@@ -26,7 +26,10 @@ from desta.data.manifest import Clip, iter_clips
 from desta.selfgen.records import audio_first_messages, training_messages, transcript_of
 
 GROUP = "attribute"  # the dataset items' `group`: the collator weighs these rows' loss separately
-ORDERS = ("question-first", "audio-first")
+# question order -> (suffix of the key its wording is drawn by, the messages builder of that layout)
+LAYOUTS: dict[str, tuple[str, Callable[[str, str, str | None], list[dict[str, Any]]]]] = {
+    "question-first": ("pf", training_messages), "audio-first": ("af", audio_first_messages)}
+ORDERS = tuple(LAYOUTS)
 
 # attribute -> (question wordings, value of a clip or None when it lacks the attribute)
 QUESTIONS: dict[str, tuple[tuple[str, ...], Callable[[Clip], str | None]]] = {
@@ -70,14 +73,12 @@ def attribute_records(manifest_dir: str | Path, attributes: list[str], split: st
             value = QUESTIONS[attr][1](clip)
             if not value:
                 continue
-            rid = f"{clip.id}#{attr}"
-            for order in (o for o in ORDERS if o in orders):
-                first = order == "question-first"
-                question = wording(attr, rid + ("pf" if first else "af"))
-                layout = training_messages if first else audio_first_messages
-                records.append({"id": rid if first else f"{rid}@{order}", "clip_id": clip.id, "attribute": attr,
-                                "order": order, "group": GROUP, "response": answer(str(value)),
-                                "messages": layout(question, clip.audio, transcript_of(clip))})
+            rid, transcript = f"{clip.id}#{attr}", transcript_of(clip)
+            for order, (suffix, layout) in LAYOUTS.items():
+                if order in orders:
+                    records.append({"id": rid if order == ORDERS[0] else f"{rid}@{order}", "clip_id": clip.id,
+                                    "attribute": attr, "order": order, "group": GROUP, "response": answer(str(value)),
+                                    "messages": layout(wording(attr, rid + suffix), clip.audio, transcript)})
     if not records:
         raise ValueError(f"{manifest_dir}: no {split}-split clip has any of {attributes}; turn "
                          "train.attribute_targets off or prepare a corpus with that metadata")

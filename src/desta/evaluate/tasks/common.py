@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from desta.selfgen.records import audio_first_messages
+
 AUDIO = "<|AUDIO|>"
 DESTA_SYSTEM = "Focus on the audio clips and instructions."
 MCQ_SYSTEM = 'Focus on the audio clips and instructions. Put your answer in the format "The correct answer is: "___" ".'
@@ -19,10 +21,8 @@ class BenchmarkFilesError(FileNotFoundError):
 
 def audio_conversation(audio: str | None, text: str, system: str | None = None) -> list[dict[str, Any]]:
     """`<|AUDIO|>\\n\\n{text}` with one audio entry (DeSTA2.5's evaluation prompt); text-only when audio is None."""
-    user: dict[str, Any] = {"role": "user", "content": text}
-    if audio is not None:
-        user = {"role": "user", "content": f"{AUDIO}\n\n{text}", "audios": [{"audio": str(audio), "text": None}]}
-    return ([{"role": "system", "content": system}] if system else []) + [user]
+    user = audio_first_messages(text, str(audio), None) if audio is not None else [{"role": "user", "content": text}]
+    return ([{"role": "system", "content": system}] if system else []) + user
 
 
 def without_audio(conversation: list[dict[str, Any]]) -> list[dict[str, Any]]:
