@@ -247,14 +247,19 @@ class JudgeConfig(_Strict):
     max_new_tokens: int = Field(64, gt=0)  # local judge
 
 
+TaskName = Literal["heldout", "retention", "mmau", "speech_ifeval", "voicebench", "sakura", "dynamic_superb"]
+DEFAULT_MAX_NEW_TOKENS = {"heldout": 64, "retention": 64, "mmau": 128, "speech_ifeval": 256, "voicebench": 256,
+                          "sakura": 128, "dynamic_superb": 64}
+
+
 class EvaluateConfig(_Strict):
     """`desta evaluate` (desta/evaluate/run.py): benchmark tasks -> metrics.json, predictions, MLflow."""
 
-    tasks: list[Literal["heldout", "retention", "mmau", "speech_ifeval", "voicebench", "sakura", "dynamic_superb"]] = (
-        Field(default_factory=lambda: ["heldout", "retention"]))
+    tasks: list[TaskName] = Field(default_factory=lambda: ["heldout", "retention"])
     model: str | None = None  # trained model dir; None -> paths.model (an untrained connector if it is absent)
     batch_size: int = Field(8, gt=0)
-    max_new_tokens: int = Field(64, gt=0)  # tasks may ask for more (MMAU 128) or less
+    # answer-length cap per task (every task in `tasks` needs one; the benchmarks' official caps by default)
+    max_new_tokens: dict[TaskName, int] = Field(default_factory=lambda: dict(DEFAULT_MAX_NEW_TOKENS))
     max_items: int | None = Field(None, gt=0)  # per task cap (smoke runs)
     seed: int = 0
     heldout_max_per_attribute: int | None = Field(6, gt=0)  # MCQ items per attribute (None: all test clips)
@@ -269,6 +274,22 @@ class EvaluateConfig(_Strict):
         default_factory=lambda: ["Animal", "Emotion", "Gender", "Language"])
     dynamic_superb_tasks: list[str] | None = None  # folder names under benchmarks_root/dynamic_superb; None: all
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+
+    @field_validator("max_new_tokens")
+    @classmethod
+    def _positive_caps(cls, v: dict[str, int]) -> dict[str, int]:
+        bad = {k: n for k, n in v.items() if n <= 0}
+        if bad:
+            raise ValueError(f"every cap must be > 0, got {bad}")
+        return v
+
+    @model_validator(mode="after")
+    def _cap_per_task(self) -> EvaluateConfig:
+        missing = [t for t in self.tasks if t not in self.max_new_tokens]
+        if missing:
+            raise ValueError(f"evaluate.max_new_tokens has no cap for task(s) {missing}; add `<task>: N` under "
+                             "evaluate.max_new_tokens")
+        return self
 
 
 # -------------------------------------------------------------------------------------------------------- tracking

@@ -45,8 +45,9 @@ def test_evaluate_real_models_then_compare(tmp_path):
     manifests = _tiny_manifest(tmp_path)
     params = params_from_dict({
         "paths": {"manifests": str(manifests), "eval": str(tmp_path / "eval"), "model": str(tmp_path / "no-model")},
-        "evaluate": {"tasks": ["heldout", "retention"], "batch_size": 4, "max_new_tokens": 16,
-                     "heldout_max_per_attribute": 1, "heldout_asr_items": 1, "heldout_ifeval_items": 1,
+        "evaluate": {"tasks": ["heldout", "retention"], "batch_size": 4,
+                     "max_new_tokens": {"heldout": 16, "retention": 16}, "heldout_max_per_attribute": 1,
+                     "heldout_asr_items": 1, "heldout_ifeval_items": 1,
                      "retention_items": 2},
         "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "eval-test"},
     })

@@ -50,7 +50,6 @@ class Task:
     metric_name: str = "accuracy"
     group_key: str | None = None
     choice_scoring: bool = False  # multiple-choice items also answered by option likelihood (run_task choosers)
-    max_new_tokens: int | None = None  # None -> params.evaluate.max_new_tokens
 
     def items(self) -> list[Item]:
         raise NotImplementedError

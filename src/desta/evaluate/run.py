@@ -183,7 +183,7 @@ def run_evaluate(params: Params) -> dict[str, Any]:
     records: dict[str, list[dict]] = {}
     with stage_run(params, "evaluate", cfg) as tracker:
         for task in tasks:
-            n_tokens = task.max_new_tokens or cfg.max_new_tokens
+            n_tokens = cfg.max_new_tokens[task.name]
             m, recs = run_task(task, {k: f(n_tokens) for k, f in gens.items()}, cfg.batch_size, cfg.max_items,
                                choosers)
             metrics.update(m)

@@ -25,7 +25,6 @@ HOW = ("Download each task instance's Parquet files from the HF org DynamicSuper
 class DynamicSuperbTask(Task):
     name = "dynamic_superb"
     group_key = "instance"
-    max_new_tokens = 64
 
     def __init__(self, root: str | Path, judge: JudgeFn, instances: list[str] | None = None):
         self.root, self.judge, self.instances = Path(root) / "dynamic_superb", judge, instances

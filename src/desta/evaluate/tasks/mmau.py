@@ -31,7 +31,6 @@ HOW = ("Download mmau-test-mini.json from github.com/Sakshi113/MMAU and the audi
 class MMAUTask(Task):
     name = "mmau"
     group_key = "task"
-    max_new_tokens = 128  # the official protocol allows 512; answers are short and greedy
 
     def __init__(self, root: str | Path, file: str = "mmau-test-mini.json"):
         self.root = Path(root) / "mmau"

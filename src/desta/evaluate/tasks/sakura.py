@@ -45,7 +45,6 @@ def read_metadata(path: Path) -> list[dict[str, Any]]:
 class SakuraTask(Task):
     name = "sakura"
     group_key = "track_hop"
-    max_new_tokens = 128
 
     def __init__(self, root: str | Path, judge: JudgeFn, tracks: list[str] | tuple[str, ...] = TRACKS):
         self.root, self.judge, self.tracks = Path(root) / "sakura", judge, list(tracks)

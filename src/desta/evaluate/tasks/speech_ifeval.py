@@ -31,7 +31,6 @@ class SpeechIFEvalTask(Task):
     name = "speech_ifeval"
     primary = "followed"
     metric_name = "following_rate"
-    max_new_tokens = 256
 
     def __init__(self, root: str | Path, judge: JudgeFn | None = None, include_cot: bool = True):
         self.root = Path(root) / "speech_ifeval"

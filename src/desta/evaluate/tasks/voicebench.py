@@ -50,7 +50,6 @@ class VoiceBenchTask(Task):
     primary = "score"
     metric_name = "score"
     group_key = "subset"
-    max_new_tokens = 256
 
     def __init__(self, root: str | Path, subsets: list[str] | tuple[str, ...] = SUBSETS):
         self.root, self.subsets = Path(root) / "voicebench", list(subsets)
