@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from desta.config import QualityConfig
+from desta.config import load_params
 from desta.data.prepare import _check_worker
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_corpus(root: Path, n: int, sr: int) -> None:
@@ -33,7 +35,7 @@ def make_corpus(root: Path, n: int, sr: int) -> None:
 
 
 def per_core_rate(root: Path, n: int) -> float:
-    quality = QualityConfig().model_dump()
+    quality = load_params(ROOT / "params.yaml").prepare.quality.model_dump()
     tasks = [(str(root / f"c{i:06d}.wav"), f"c{i}", quality, 16000) for i in range(n)]
     _check_worker(tasks[0])  # warm caches / lazy imports
     start = time.perf_counter()
@@ -45,10 +47,10 @@ def per_core_rate(root: Path, n: int) -> float:
 STAGE = """
 import resource, sys, time
 from pathlib import Path
-from desta.config import params_from_dict
+from desta.config import load_params
 from desta.data.prepare import run_prepare
-root, n = sys.argv[1], int(sys.argv[2])
-p = params_from_dict({"tracking": {"enabled": False}, "paths": {"manifests": root + "/manifests"},
+root, n, params_file = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+p = load_params(params_file, merge={"tracking": {"enabled": False}, "paths": {"manifests": root + "/manifests"},
     "prepare": {"workers": 1, "shard_size": 500, "sources": [{"name": "b", "kind": "manifest", "path": root,
                 "n_clips": n}]}})
 t = time.perf_counter()
@@ -58,8 +60,8 @@ print(s["clips"], time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SE
 
 
 def stage_run(root: Path, n: int) -> tuple[int, float, float]:
-    out = subprocess.run([sys.executable, "-c", STAGE, str(root), str(n)], capture_output=True, text=True,
-                         check=True).stdout.strip().splitlines()[-1].split()
+    cmd = [sys.executable, "-c", STAGE, str(root), str(n), str(ROOT / "params.yaml")]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1].split()
     return int(out[0]), float(out[1]), float(out[2])
 
 

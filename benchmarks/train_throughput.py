@@ -19,11 +19,12 @@ import json
 import math
 import os
 import time
+from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig, WhisperForConditionalGeneration
 
-from desta.config import ModelConfig, TrainConfig
+from desta.config import load_params
 from desta.models.audio_llm import AudioLLMConfig, DeSTA25AudioModel
 from desta.models.connector import default_target_layers
 from desta.train.deepspeed import build_engine
@@ -56,7 +57,7 @@ def build_model(tiny: bool, device: torch.device, dtype: torch.dtype, qformer_la
             whisper, llm = WhisperForConditionalGeneration(wcfg), LlamaForCausalLM(lcfg)
         finally:
             torch.set_default_dtype(prev)
-    mcfg = ModelConfig(qformer_layers=qformer_layers, prompt_size=64)
+    mcfg = project_params().model.model_copy(update={"qformer_layers": qformer_layers, "prompt_size": 64})
     cfg = AudioLLMConfig(**mcfg.model_dump(), encoder_hash="random", llm_hash="random",
                          resolved_layers=default_target_layers(wcfg.encoder_layers), placeholder_id=0)
     model = DeSTA25AudioModel(whisper, None, llm, None, cfg)
@@ -92,11 +93,17 @@ def count_flops(engine, batch) -> float:
     return float(fc.get_total_flops())
 
 
+def project_params():
+    """The repository's params.yaml (settings have no defaults in code)."""
+    return load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+
+
 def bench(strategy: str, args: argparse.Namespace, device: torch.device) -> dict:
     stage = {"torch": 0, "zero2": 2, "zero3": 3}[strategy]
     precision = "bf16" if device.type == "cuda" and not args.fp32 else "fp32"
-    cfg = TrainConfig(strategy="torch" if stage == 0 else "deepspeed", zero_stage=stage or 2, precision=precision,
-                      micro_batch_size=args.batch, max_steps=10**6, warmup_steps=0, lr=1e-4)
+    cfg = project_params().train.model_copy(update=dict(
+        strategy="torch" if stage == 0 else "deepspeed", zero_stage=stage or 2, precision=precision,
+        micro_batch_size=args.batch, max_steps=10**6, warmup_steps=0, lr=1e-4))
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     model = build_model(args.tiny, device, dtype, args.qformer_layers)
     engine = build_engine(model, cfg, device)

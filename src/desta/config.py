@@ -28,44 +28,44 @@ class _Strict(BaseModel):
 class PathsConfig(_Strict):
     """Where every stage reads and writes (relative to the project root). dvc.yaml interpolates these keys."""
 
-    raw: str = "data/raw"  # corpora that stages build locally (the demo corpus) live here
-    manifests: str = "data/manifests"  # prepare -> Parquet shards, summary.json, quarantine.jsonl
-    generated: str = "data/generated"  # generate -> JSONL shards of DeSTA-AQA records
-    validation: str = "data/validation"  # validate -> report.json + data docs (HTML)
-    checkpoints: str = "data/checkpoints"  # train -> periodic checkpoints (resume)
-    model: str = "data/model"  # train -> final trainable weights + config (save_pretrained)
-    eval: str = "data/eval"  # evaluate -> metrics.json, predictions.jsonl, plots
-    benchmarks_root: str = "data/benchmarks"  # local copies of released benchmark files (MMAU, Speech-IFEval, ...)
-    model_cache: str | None = None  # converted offline models; None -> $DESTA_HOME or ~/.cache/desta/models
+    raw: str  # corpora that stages build locally (the demo corpus) live here
+    manifests: str  # prepare -> Parquet shards, summary.json, quarantine.jsonl
+    generated: str  # generate -> JSONL shards of DeSTA-AQA records
+    validation: str  # validate -> report.json + data docs (HTML)
+    checkpoints: str  # train -> periodic checkpoints (resume)
+    model: str  # train -> final trainable weights + config (save_pretrained)
+    eval: str  # evaluate -> metrics.json, predictions.jsonl, plots
+    benchmarks_root: str  # local copies of released benchmark files (MMAU, Speech-IFEval, ...)
+    model_cache: str | None  # converted offline models; None -> $DESTA_HOME or ~/.cache/desta/models
 
 
 # ----------------------------------------------------------------------------------------------------------- model
 class LoraConfig(_Strict):
-    enabled: bool = False
-    r: int = Field(8, gt=0)
-    alpha: int = Field(16, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    enabled: bool
+    r: int = Field(gt=0)
+    alpha: int = Field(gt=0)
+    dropout: float = Field(ge=0, lt=1)
+    target_modules: list[str]
 
 
 class ModelConfig(_Strict):
     """The composite: frozen Whisper encoder -> Q-Former connector -> frozen instruction-tuned LLM."""
 
-    encoder: str = "pypi:whisper-tiny.en"  # model-store reference: pypi:..., a hub id, or a local directory
-    llm: str = "pypi:smollm2-135m-instruct"
-    target_layers: list[int] | None = None  # None -> 4 evenly spaced encoder layers (paper)
-    prompt_size: int = Field(64, gt=0)  # learned queries per tapped layer (paper 64)
-    qformer_layers: int = Field(2, gt=0)  # paper 6
-    qformer_heads: int | None = None  # None -> Whisper encoder heads
-    qformer_ffn: int | None = None  # None -> BERT default (3072), capped at 4 x hidden for small encoders
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    system_prompt: str = "Focus on the audio clips and instructions."
-    use_transcription: bool = True  # feed Whisper's transcription after the audio queries (paper)
-    asr_max_new_tokens: int = Field(128, gt=0)
-    max_audio_seconds: float = Field(30.0, gt=0)  # Whisper's window
-    long_audio: Literal["chunk", "error"] = "chunk"  # > max_audio_seconds: encode 30 s windows, or refuse
-    max_chunks: int = Field(4, gt=0)  # with long_audio=chunk: at most this many 30 s windows (else error)
+    encoder: str  # model-store reference: pypi:..., a hub id, or a local directory
+    llm: str
+    target_layers: list[int] | None  # None -> 4 evenly spaced encoder layers (paper)
+    prompt_size: int = Field(gt=0)  # learned queries per tapped layer (paper 64)
+    qformer_layers: int = Field(gt=0)  # paper 6
+    qformer_heads: int | None  # None -> Whisper encoder heads
+    qformer_ffn: int | None  # None -> BERT default (3072), capped at 4 x hidden for small encoders
+    dtype: Literal["float32", "bfloat16", "float16"]
+    lora: LoraConfig
+    system_prompt: str
+    use_transcription: bool  # feed Whisper's transcription after the audio queries (paper)
+    asr_max_new_tokens: int = Field(gt=0)
+    max_audio_seconds: float = Field(gt=0)  # Whisper's window
+    long_audio: Literal["chunk", "error"]  # > max_audio_seconds: encode 30 s windows, or refuse
+    max_chunks: int = Field(gt=0)  # with long_audio=chunk: at most this many 30 s windows (else error)
 
     @field_validator("target_layers")
     @classmethod
@@ -97,52 +97,51 @@ class SourceConfig(_Strict):
 class QualityConfig(_Strict):
     """Thresholds that send a clip to quarantine instead of the manifest."""
 
-    min_duration_s: float = Field(0.2, ge=0)
-    max_duration_s: float = Field(60.0, gt=0)
-    silence_rms_dbfs: float = -60.0  # RMS below this -> silent
-    clipped_fraction: float = Field(0.05, ge=0, le=1)  # share of samples at full scale -> clipped
-    allowed_sample_rates: list[int] = Field(default_factory=lambda: [8000, 11025, 16000, 22050, 24000, 32000, 44100,
-                                                                      48000])
+    min_duration_s: float = Field(ge=0)
+    max_duration_s: float = Field(gt=0)
+    silence_rms_dbfs: float  # RMS below this -> silent
+    clipped_fraction: float = Field(ge=0, le=1)  # share of samples at full scale -> clipped
+    allowed_sample_rates: list[int] = Field(min_length=1)
 
 
 class PrepareConfig(_Strict):
-    sources: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig(name="demo", kind="demo", n_clips=300)])
-    valid_fraction: float = Field(0.1, ge=0, lt=1)
-    test_fraction: float = Field(0.15, ge=0, lt=1)
-    split_seed: str = "desta"  # salt of the stable hash split
-    target_sample_rate: int = 16000
-    shard_size: int = Field(2000, gt=0)
-    workers: int = Field(2, ge=1)
-    quality: QualityConfig = Field(default_factory=QualityConfig)
+    sources: list[SourceConfig]
+    valid_fraction: float = Field(ge=0, lt=1)
+    test_fraction: float = Field(ge=0, lt=1)
+    split_seed: str  # salt of the stable hash split
+    target_sample_rate: int
+    shard_size: int = Field(gt=0)
+    workers: int = Field(ge=1)
+    quality: QualityConfig
 
 
 # -------------------------------------------------------------------------------------------------------- generate
 class GenerateConfig(_Strict):
     """`desta generate` (desta/selfgen/generate.py): the backbone LLM answers pool prompts about seed descriptions."""
 
-    generator: str | None = None  # None -> model.llm (the backbone: the paper's self-generation)
-    allow_different_generator: bool = False  # the paper's ablation: targets written by another LLM
-    prompts_per_clip: int = Field(2, gt=0)
+    generator: str | None  # None -> model.llm (the backbone: the paper's self-generation)
+    allow_different_generator: bool  # the paper's ablation: targets written by another LLM
+    prompts_per_clip: int = Field(gt=0)
     # prompt category -> relative weight when a clip's categories are drawn ({}: uniform); e.g. favour the
     # categories whose answers depend on the audio (paralinguistic, sound, music) in a small demo run
-    category_weights: dict[str, float] = Field(default_factory=dict)
-    splits: list[Literal["train", "valid", "test"]] = Field(default_factory=lambda: ["train", "valid"])
-    max_clips: int | None = Field(None, gt=0)  # smoke runs: only the first N clips (by id) of those splits
-    seed: int = 0
-    max_new_tokens: int = Field(96, gt=0)
-    do_sample: bool = False
-    temperature: float = Field(0.7, gt=0)
-    top_p: float = Field(0.9, gt=0, le=1)
-    batch_size: int = Field(32, gt=0)  # requests per forward pass (32: 4.7x a one-at-a-time loop on 2 CPU cores)
-    shard_size: int = Field(64, gt=0)  # records per output shard (the unit of resume and of work per worker)
-    workers: int = Field(1, ge=1)  # processes; on GPUs worker i uses cuda:(i % device_count)
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: cuda when available
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    backend: Literal["hf", "vllm"] = "hf"
-    system_prompt: str = "You are a helpful assistant."
-    strip_echo: bool = True  # cut recited seed-description spans/attribute blocks from responses
-    progress: bool = True  # tqdm bar with records/s, tokens/s and ETA
-    import_aqa: str | None = None  # path to released DeSTA-AQA5M jsonl files to import instead of generating
+    category_weights: dict[str, float]
+    splits: list[Literal["train", "valid", "test"]] = Field(min_length=1)
+    max_clips: int | None = Field(gt=0)  # smoke runs: only the first N clips (by id) of those splits
+    seed: int
+    max_new_tokens: int = Field(gt=0)
+    do_sample: bool
+    temperature: float = Field(gt=0)
+    top_p: float = Field(gt=0, le=1)
+    batch_size: int = Field(gt=0)  # requests per forward pass (32: 4.7x a one-at-a-time loop on 2 CPU cores)
+    shard_size: int = Field(gt=0)  # records per output shard (the unit of resume and of work per worker)
+    workers: int = Field(ge=1)  # processes; on GPUs worker i uses cuda:(i % device_count)
+    device: Literal["auto", "cpu", "cuda"]  # auto: cuda when available
+    dtype: Literal["float32", "bfloat16", "float16"]
+    backend: Literal["hf", "vllm"]
+    system_prompt: str
+    strip_echo: bool  # cut recited seed-description spans/attribute blocks from responses
+    progress: bool  # tqdm bar with records/s, tokens/s and ETA
+    import_aqa: str | None  # path to released DeSTA-AQA5M jsonl files to import instead of generating
 
     @field_validator("category_weights")
     @classmethod
@@ -157,16 +156,16 @@ class GenerateConfig(_Strict):
 class ValidateConfig(_Strict):
     """`desta validate` (desta/validate/gate.py): Great Expectations suites; critical failures stop the pipeline."""
 
-    min_duration_s: float = Field(0.2, ge=0)
-    max_duration_s: float = Field(60.0, gt=0)
-    sample_rates: list[int] | None = None  # original files' rates; None -> prepare.quality.allowed_sample_rates
-    response_min_chars: int = Field(3, ge=1)  # "A man." and "Siren." are whole answers; "" or "." are not
-    response_max_chars: int = Field(4000, gt=1)
-    max_leak_fraction: float = Field(0.1, ge=0, le=1)  # responses quoting seed timestamps/"metadata": critical above
-    min_category_share: float = Field(0.02, ge=0, le=1)  # each prompt category must cover this share (warning)
-    check_audio_exists: bool = True
-    require_generated: bool = True  # a missing generated set is a critical failure (False: manifests only)
-    fail_on_warning: bool = False
+    min_duration_s: float = Field(ge=0)
+    max_duration_s: float = Field(gt=0)
+    sample_rates: list[int] | None  # original files' rates; None -> prepare.quality.allowed_sample_rates
+    response_min_chars: int = Field(ge=1)  # "A man." and "Siren." are whole answers; "" or "." are not
+    response_max_chars: int = Field(gt=1)
+    max_leak_fraction: float = Field(ge=0, le=1)  # responses quoting seed timestamps/"metadata": critical above
+    min_category_share: float = Field(ge=0, le=1)  # each prompt category must cover this share (warning)
+    check_audio_exists: bool
+    require_generated: bool  # a missing generated set is a critical failure (False: manifests only)
+    fail_on_warning: bool
 
 
 # ----------------------------------------------------------------------------------------------------------- train
@@ -179,16 +178,14 @@ class AttributeTargetsConfig(_Strict):
     `per_micro_batch` of them besides the self-generated records, their mean token loss weighted `weight` against
     the self-generated records' mean."""
 
-    enabled: bool = False
-    attributes: list[Literal["gender", "sound_class", "music_instrument"]] = Field(
-        default_factory=lambda: ["gender"], min_length=1)
+    enabled: bool
+    attributes: list[Literal["gender", "sound_class", "music_instrument"]] = Field(min_length=1)
     # one record per clip and order: the question before the audio (the generated set's layout) and/or after it
     # (the layout `desta chat` and `desta evaluate` ask in)
-    orders: list[Literal["question-first", "audio-first"]] = Field(
-        default_factory=lambda: ["question-first", "audio-first"], min_length=1)
-    lead_fraction: float = Field(0.5, ge=0, lt=1)  # a fraction, so a shorter `-S train.max_steps=N` keeps both phases
-    per_micro_batch: int = Field(2, ge=0)
-    weight: float = Field(1.0, gt=0)
+    orders: list[Literal["question-first", "audio-first"]] = Field(min_length=1)
+    lead_fraction: float = Field(ge=0, lt=1)  # a fraction, so a shorter `-S train.max_steps=N` keeps both phases
+    per_micro_batch: int = Field(ge=0)
+    weight: float = Field(gt=0)
 
     def lead_steps(self, max_steps: int) -> int:
         return int(self.lead_fraction * max_steps) if self.enabled else 0
@@ -200,37 +197,37 @@ class TrainConfig(_Strict):
     a higher connector lr (3e-4; at 1e-3 and above the connector collapses into a fixed prompt that ignores the
     audio) and a short warmup so the tiny run learns within minutes."""
 
-    strategy: Literal["torch", "deepspeed"] = "torch"  # deepspeed: ZeRO config generated by desta/train/deepspeed.py
-    zero_stage: Literal[0, 1, 2, 3] = 2
-    offload_optimizer: bool = False  # ZeRO: optimizer states on CPU (DeepSpeedCPUAdam, JIT-compiled once)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # paper bf16 (GPU)
-    seed: int = 0
+    strategy: Literal["torch", "deepspeed"]  # deepspeed: ZeRO config generated by desta/train/deepspeed.py
+    zero_stage: Literal[0, 1, 2, 3]
+    offload_optimizer: bool  # ZeRO: optimizer states on CPU (DeepSpeedCPUAdam, JIT-compiled once)
+    precision: Literal["fp32", "bf16", "fp16"]  # paper bf16 (GPU)
+    seed: int
     # bit-identical reruns on a GPU too: deterministic kernels (torch.use_deterministic_algorithms, cuDNN,
     # CUBLAS_WORKSPACE_CONFIG); slower, and an op without a deterministic kernel stops the run naming it. CPU runs
     # are bit-identical without it.
-    deterministic: bool = False
-    max_steps: int = Field(60, gt=0)  # optimizer steps (CPU demo budget: ~1 epoch of the 300-clip demo set)
-    micro_batch_size: int = Field(4, gt=0)  # per rank
-    grad_accum: int = Field(2, gt=0)
-    lr: float = Field(3e-4, gt=0)  # paper 1e-4 (8B, 5M samples); 3e-4 for the tiny CPU demo
-    betas: tuple[float, float] = (0.9, 0.98)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_steps: int = Field(5, ge=0)  # paper: 5000 at full scale
-    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"  # after warmup
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)  # decay floor as a fraction of lr
-    grad_clip: float = Field(1.0, gt=0)
-    eval_every: int = Field(30, gt=0)  # validation loss every N optimizer steps (and at step 0 and the end)
-    max_val_batches: int | None = Field(None, gt=0)  # cap validation cost (None: the whole valid split)
-    val_shuffled_audio: bool = True  # also validate with audio swapped between records (`audio_gap` > 0: uses audio)
-    save_every: int = Field(30, gt=0)  # checkpoint every N steps (and at the end)
-    keep_checkpoints: int = Field(2, ge=1)
-    num_workers: int = Field(0, ge=0)  # DataLoader worker processes (audio decode + features + tokenization)
-    bucket_by_length: bool = True
-    max_seq_len: int = Field(512, gt=0)  # records whose estimated length exceeds this are dropped (counted)
-    log_every: int = Field(10, gt=0)  # console log line every N steps (the progress bar and MLflow get every step)
-    feature_cache: bool = True  # cache frozen-encoder outputs per clip (deterministic) when the model supports it
-    progress: bool = True  # tqdm progress bar on rank 0
-    attribute_targets: AttributeTargetsConfig = Field(default_factory=AttributeTargetsConfig)
+    deterministic: bool
+    max_steps: int = Field(gt=0)  # optimizer steps (CPU demo budget: ~1 epoch of the 300-clip demo set)
+    micro_batch_size: int = Field(gt=0)  # per rank
+    grad_accum: int = Field(gt=0)
+    lr: float = Field(gt=0)  # paper 1e-4 (8B, 5M samples); 3e-4 for the tiny CPU demo
+    betas: tuple[float, float]
+    weight_decay: float = Field(ge=0)
+    warmup_steps: int = Field(ge=0)  # paper: 5000 at full scale
+    lr_schedule: Literal["cosine", "linear", "constant"]  # after warmup
+    min_lr_ratio: float = Field(ge=0, le=1)  # decay floor as a fraction of lr
+    grad_clip: float = Field(gt=0)
+    eval_every: int = Field(gt=0)  # validation loss every N optimizer steps (and at step 0 and the end)
+    max_val_batches: int | None = Field(gt=0)  # cap validation cost (None: the whole valid split)
+    val_shuffled_audio: bool  # also validate with audio swapped between records (`audio_gap` > 0: uses audio)
+    save_every: int = Field(gt=0)  # checkpoint every N steps (and at the end)
+    keep_checkpoints: int = Field(ge=1)
+    num_workers: int = Field(ge=0)  # DataLoader worker processes (audio decode + features + tokenization)
+    bucket_by_length: bool
+    max_seq_len: int = Field(gt=0)  # records whose estimated length exceeds this are dropped (counted)
+    log_every: int = Field(gt=0)  # console log line every N steps (the progress bar and MLflow get every step)
+    feature_cache: bool  # cache frozen-encoder outputs per clip (deterministic) when the model supports it
+    progress: bool  # tqdm progress bar on rank 0
+    attribute_targets: AttributeTargetsConfig
 
 
 # -------------------------------------------------------------------------------------------------------- evaluate
@@ -238,42 +235,38 @@ class JudgeConfig(_Strict):
     """LLM judge for SAKURA, Dynamic-SUPERB and Speech-IFEval CoT (desta/evaluate/judge.py). Official judges are
     GPT-4o; a local judge's scores are not comparable with published numbers."""
 
-    kind: Literal["local", "openai"] = "local"
-    model: str = "pypi:smollm2-135m-instruct"  # local: model-store ref; openai: the endpoint's model name
-    base_url: str | None = None  # OpenAI-compatible endpoint (openai kind), e.g. https://api.openai.com/v1
-    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable, never logged
-    temperature: float = Field(0.0, ge=0)  # SAKURA's official judge: temperature 0, top_p 0.9
-    top_p: float = Field(0.9, gt=0, le=1)
-    max_new_tokens: int = Field(64, gt=0)  # local judge
+    kind: Literal["local", "openai"]
+    model: str  # local: model-store ref; openai: the endpoint's model name
+    base_url: str | None  # OpenAI-compatible endpoint (openai kind), e.g. https://api.openai.com/v1
+    api_key_env: str  # the key is read from this environment variable, never logged
+    temperature: float = Field(ge=0)  # SAKURA's official judge: temperature 0, top_p 0.9
+    top_p: float = Field(gt=0, le=1)
+    max_new_tokens: int = Field(gt=0)  # local judge
 
 
 TaskName = Literal["heldout", "retention", "mmau", "speech_ifeval", "voicebench", "sakura", "dynamic_superb"]
-DEFAULT_MAX_NEW_TOKENS = {"heldout": 64, "retention": 64, "mmau": 128, "speech_ifeval": 256, "voicebench": 256,
-                          "sakura": 128, "dynamic_superb": 64}
 
 
 class EvaluateConfig(_Strict):
     """`desta evaluate` (desta/evaluate/run.py): benchmark tasks -> metrics.json, predictions, MLflow."""
 
-    tasks: list[TaskName] = Field(default_factory=lambda: ["heldout", "retention"])
-    model: str | None = None  # trained model dir; None -> paths.model (an untrained connector if it is absent)
-    batch_size: int = Field(8, gt=0)
+    tasks: list[TaskName] = Field(min_length=1)
+    model: str | None  # trained model dir; None -> paths.model (an untrained connector if it is absent)
+    batch_size: int = Field(gt=0)
     # answer-length cap per task (every task in `tasks` needs one; the benchmarks' official caps by default)
-    max_new_tokens: dict[TaskName, int] = Field(default_factory=lambda: dict(DEFAULT_MAX_NEW_TOKENS))
-    max_items: int | None = Field(None, gt=0)  # per task cap (smoke runs)
-    seed: int = 0
-    heldout_max_per_attribute: int | None = Field(6, gt=0)  # MCQ items per attribute (None: all test clips)
-    choice_scoring: bool = True  # also rank MCQ options by likelihood (`choice_accuracy`, `calibrated_choice_accuracy`)
-    heldout_open_questions: bool = True  # also ask each MCQ question without options (`open_accuracy`)
-    heldout_asr_items: int = Field(4, ge=0)
-    heldout_ifeval_items: int = Field(4, ge=0)
-    retention_items: int | None = Field(8, gt=0)  # text-only instructions (each answered by model and backbone)
-    voicebench_subsets: list[Literal["ifeval", "advbench", "openbookqa", "mmsu", "bbh"]] = Field(
-        default_factory=lambda: ["ifeval", "advbench", "openbookqa", "mmsu", "bbh"])
-    sakura_tracks: list[Literal["Animal", "Emotion", "Gender", "Language"]] = Field(
-        default_factory=lambda: ["Animal", "Emotion", "Gender", "Language"])
-    dynamic_superb_tasks: list[str] | None = None  # folder names under benchmarks_root/dynamic_superb; None: all
-    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    max_new_tokens: dict[TaskName, int]
+    max_items: int | None = Field(gt=0)  # per task cap (smoke runs)
+    seed: int
+    heldout_max_per_attribute: int | None = Field(gt=0)  # MCQ items per attribute (None: all test clips)
+    choice_scoring: bool  # also rank MCQ options by likelihood (`choice_accuracy`, `calibrated_choice_accuracy`)
+    heldout_open_questions: bool  # also ask each MCQ question without options (`open_accuracy`)
+    heldout_asr_items: int = Field(ge=0)
+    heldout_ifeval_items: int = Field(ge=0)
+    retention_items: int | None = Field(gt=0)  # text-only instructions (each answered by model and backbone)
+    voicebench_subsets: list[Literal["ifeval", "advbench", "openbookqa", "mmsu", "bbh"]] = Field(min_length=1)
+    sakura_tracks: list[Literal["Animal", "Emotion", "Gender", "Language"]] = Field(min_length=1)
+    dynamic_superb_tasks: list[str] | None  # folder names under benchmarks_root/dynamic_superb; None: all
+    judge: JudgeConfig
 
     @field_validator("max_new_tokens")
     @classmethod
@@ -294,53 +287,61 @@ class EvaluateConfig(_Strict):
 
 # -------------------------------------------------------------------------------------------------------- tracking
 class TrackingConfig(_Strict):
-    enabled: bool = True
-    tracking_uri: str | None = None  # None -> $MLFLOW_TRACKING_URI or sqlite:///mlflow.db (embedded)
-    experiment: str = "desta"
-    artifact_location: str | None = None  # e.g. s3://mlflow-artifacts/desta (new experiments only)
-    registered_model: str = "desta-audio"
-    champion_metric: str = "heldout/accuracy"
-    champion_greater_is_better: bool = True
-    s3_endpoint_url: str | None = None  # None -> $AWS_ENDPOINT_URL / $MLFLOW_S3_ENDPOINT_URL; credentials: env only
+    enabled: bool
+    tracking_uri: str | None  # None -> $MLFLOW_TRACKING_URI or sqlite:///mlflow.db (embedded)
+    experiment: str
+    artifact_location: str | None  # e.g. s3://mlflow-artifacts/desta (new experiments only)
+    registered_model: str
+    champion_metric: str
+    champion_greater_is_better: bool
+    s3_endpoint_url: str | None  # None -> $AWS_ENDPOINT_URL / $MLFLOW_S3_ENDPOINT_URL; credentials: env only
 
 
 class PipelineConfig(_Strict):
     """Orchestration (flows/retrain.py, flows/deploy.py, `python -m desta.pipeline`; docs/pipeline.md)."""
 
-    cron: str = "0 3 * * 0"  # scheduled end-to-end retraining (Sundays 03:00)
-    deployment: str = "desta-retrain"
-    io_retries: int = Field(3, ge=0)  # retries of the I/O stages (prepare, generate, register) in the flow
-    io_retry_delay_s: float = Field(5.0, ge=0)  # backoff: delay * 2**k
-    dvc_remote: str | None = None  # e.g. s3://desta-dvc/cache; endpoint from tracking.s3_endpoint_url/$AWS_ENDPOINT_URL
+    cron: str  # scheduled end-to-end retraining (Sundays 03:00)
+    deployment: str
+    io_retries: int = Field(ge=0)  # retries of the I/O stages (prepare, generate, register) in the flow
+    io_retry_delay_s: float = Field(ge=0)  # backoff: delay * 2**k
+    dvc_remote: str | None  # e.g. s3://desta-dvc/cache; endpoint from tracking.s3_endpoint_url/$AWS_ENDPOINT_URL
 
 
 class Params(_Strict):
-    paths: PathsConfig = Field(default_factory=PathsConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    prepare: PrepareConfig = Field(default_factory=PrepareConfig)
-    generate: GenerateConfig = Field(default_factory=GenerateConfig)
-    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    paths: PathsConfig
+    model: ModelConfig
+    prepare: PrepareConfig
+    generate: GenerateConfig
+    validate_: ValidateConfig = Field(alias="validate")
+    train: TrainConfig
+    evaluate: EvaluateConfig
+    tracking: TrackingConfig
+    pipeline: PipelineConfig
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
 
     def model_cache_dir(self) -> Path:
         """Where converted models live: paths.model_cache, else $DESTA_HOME, else the user's cache dir."""
-        if self.paths.model_cache:
-            return Path(self.paths.model_cache).expanduser()
-        if os.environ.get("DESTA_HOME"):
-            return Path(os.environ["DESTA_HOME"]).expanduser() / "models"
-        return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "desta" / "models"
+        return model_cache_dir(self.paths.model_cache)
+
+
+def model_cache_dir(configured: str | None = None) -> Path:
+    """paths.model_cache when set, else $DESTA_HOME/models, else ~/.cache/desta/models (XDG_CACHE_HOME honoured)."""
+    if configured:
+        return Path(configured).expanduser()
+    if os.environ.get("DESTA_HOME"):
+        return Path(os.environ["DESTA_HOME"]).expanduser() / "models"
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "desta" / "models"
 
 
 def _format_errors(source: str, err: ValidationError) -> str:
     lines = [f"{source}: invalid settings ({err.error_count()} problem(s)):"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]).replace("validate_", "validate")
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "missing":
+            lines.append(f"  - {key}: missing; every setting is written in the params file (the repository's "
+                         f"params.yaml lists each one with its default): add `{key.rsplit('.', 1)[-1]}:` there")
+        elif e["type"] == "extra_forbidden":
             parent = key.rsplit(".", 1)[0] if "." in key else "the top level"
             lines.append(f"  - {key}: unknown key; remove it or fix its spelling (allowed keys are those of "
                          f"`{parent}` in desta/config.py)")
@@ -380,8 +381,10 @@ def params_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Params:
         raise ParamsError(_format_errors(source, err)) from None
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None) -> Params:
-    """Read and validate the whole params file (every section) so a bad key fails before any stage starts."""
+def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None,
+                merge: dict[str, Any] | None = None) -> Params:
+    """Read and validate the whole params file (every section) so a bad key fails before any stage starts.
+    `merge` (a nested dict, e.g. {"train": {"max_steps": 4}}) is deep-merged before the `-S` overrides."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found; run from the project root or pass --params PATH")
@@ -391,7 +394,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None =
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: top level must be a mapping of sections (paths, model, prepare, ...)")
-    return params_from_dict(deep_merge(raw, parse_overrides(overrides)), str(path))
+    return params_from_dict(deep_merge(deep_merge(raw, merge or {}), parse_overrides(overrides)), str(path))
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -6,15 +6,15 @@ from collections import Counter
 
 import fixtures
 import pytest
+from params_util import default_params
 
-from desta.config import params_from_dict
 from desta.data.manifest import iter_clips, read_table
 from desta.data.prepare import PrepareError, run_prepare
 
 
 def _params(tmp_path, sources, **prepare):
     quality = {"max_duration_s": 3.0, **prepare.pop("quality", {})}
-    return params_from_dict({"paths": {"raw": str(tmp_path / "raw"), "manifests": str(tmp_path / "manifests")},
+    return default_params({"paths": {"raw": str(tmp_path / "raw"), "manifests": str(tmp_path / "manifests")},
                              "tracking": {"enabled": False},
                              "prepare": {"sources": sources, "workers": 1, "quality": quality, **prepare}})
 

@@ -10,8 +10,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ holds the shared s3_server fixture
 import fixtures_s3  # noqa: E402
+from params_util import default_params
 
-from desta.config import params_from_dict  # noqa: E402
 from desta.data.manifest import iter_clips  # noqa: E402
 from desta.data.prepare import PrepareError, run_prepare  # noqa: E402
 
@@ -34,7 +34,7 @@ def test_prepare_reads_an_s3_prefix_and_keeps_secrets_out(s3_server, tmp_path, m
     _upload(s3_server, fixtures.esc50(tmp_path / "esc"), "corpora/esc50")
     _upload(s3_server, fixtures.bad_inputs(tmp_path / "bad"), "corpora/mixed")
     uri = f"s3://{s3_server.bucket}/corpora"
-    params = params_from_dict({"tracking": {"enabled": False}, "prepare": {
+    params = default_params({"tracking": {"enabled": False}, "prepare": {
         "workers": 2, "quality": {"max_duration_s": 6.0},
         "sources": [{"name": "esc", "kind": "esc50", "path": f"{uri}/esc50"},
                     {"name": "mixed", "kind": "manifest", "path": f"{uri}/mixed"}]}})
@@ -53,7 +53,7 @@ def test_prepare_reads_an_s3_prefix_and_keeps_secrets_out(s3_server, tmp_path, m
 def test_missing_s3_prefix_fails_before_work(s3_server, tmp_path, monkeypatch):
     for k, v in s3_server.env.items():
         monkeypatch.setenv(k, v)
-    params = params_from_dict({"tracking": {"enabled": False}, "prepare": {
+    params = default_params({"tracking": {"enabled": False}, "prepare": {
         "sources": [{"name": "v", "kind": "vctk", "path": f"s3://{s3_server.bucket}/nothing-here"}]}})
     with pytest.raises(PrepareError, match="speaker-info.txt: not found; expected"):
         run_prepare(params, progress=False)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from params_util import default_params
 
-from desta.config import params_from_dict
 from desta.data import demo
 from desta.data.manifest import Clip, write_shard
 from desta.evaluate.compare import compare_runs
@@ -43,7 +43,7 @@ def _tiny_manifest(root: Path, per_kind: int = 1) -> Path:
 
 def test_evaluate_real_models_then_compare(tmp_path):
     manifests = _tiny_manifest(tmp_path)
-    params = params_from_dict({
+    params = default_params({
         "paths": {"manifests": str(manifests), "eval": str(tmp_path / "eval"), "model": str(tmp_path / "no-model")},
         "evaluate": {"tasks": ["heldout", "retention"], "batch_size": 4,
                      "max_new_tokens": {"heldout": 16, "retention": 16}, "heldout_max_per_attribute": 1,

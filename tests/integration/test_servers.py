@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from params_util import default_params
 
-from desta.config import Params
 from desta.tracking import PARENT_ENV, parent_run, stage_run
 
 pytestmark = pytest.mark.integration
@@ -31,7 +31,7 @@ def _get(url: str, data: dict | None = None) -> tuple[int, str]:
 def test_mlflow_server_runs_artifacts_in_s3_ui_and_rest(mlflow_server, s3_server, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv(PARENT_ENV, raising=False)
-    params = Params()
+    params = default_params()
     params.tracking.tracking_uri, params.tracking.experiment = mlflow_server.url, "server-test"
     (tmp_path / "report.json").write_text('{"success": true}')
     with parent_run(params, "retrain") as parent:

@@ -11,22 +11,22 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+from params_util import default_params
 from test_train_fixtures import make_generated  # noqa: E402
 
-from desta.config import params_from_dict  # noqa: E402
 from desta.train.recipe import run_train  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def real_params(root: Path):
-    return params_from_dict({
+    return default_params({
         "paths": {"generated": str(root / "generated"), "checkpoints": str(root / "ckpt"),
                   "model": str(root / "model")},
         "model": {"qformer_layers": 1, "prompt_size": 8},
         "tracking": {"enabled": False},
         "train": {"max_steps": 4, "micro_batch_size": 2, "lr": 2e-3, "warmup_steps": 1, "eval_every": 2,
-                  "save_every": 2, "progress": False}})
+                  "save_every": 2, "progress": False, "attribute_targets": {"enabled": False}}})
 
 
 def test_real_models_learn_save_and_resume(tmp_path):

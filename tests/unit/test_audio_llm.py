@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from params_util import default_params
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     LlamaConfig,
@@ -24,7 +25,6 @@ from transformers import (
     WhisperForConditionalGeneration,
 )
 
-from desta.config import LoraConfig, ModelConfig
 from desta.data.audio import AudioError
 from desta.models.audio_llm import CheckpointError, DeSTA25AudioModel
 from desta.models.convert_whisper import build_processor, generation_config
@@ -34,6 +34,7 @@ CHATML = ("{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n' + m['conte
           "{% if add_generation_prompt %}{{'<|im_start|>assistant\n'}}{% endif %}")
 SR = 16000
 P = 4
+MODEL = default_params().model
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
@@ -69,7 +70,7 @@ def parts():
 
 
 def build(parts, **overrides) -> DeSTA25AudioModel:
-    cfg = ModelConfig(prompt_size=P, qformer_layers=1, asr_max_new_tokens=4, **overrides)
+    cfg = MODEL.model_copy(update=dict(prompt_size=P, qformer_layers=1, asr_max_new_tokens=4, **overrides))
     return DeSTA25AudioModel.from_parts(*parts, cfg, seed=0)
 
 
@@ -146,7 +147,7 @@ def test_freezing_counts_and_lora(parts):
     connector = sum(p.numel() for p in model.connector.parameters())
     assert counts["trainable"] == connector and counts["frozen"] > 0
     assert all(k.startswith("connector.") for k in model.trainable_state_dict())
-    lora = build(parts, lora=LoraConfig(enabled=True, r=2, alpha=4, target_modules=["q_proj", "v_proj"]))
+    lora = build(parts, lora=MODEL.lora.model_copy(update=dict(enabled=True, r=2, alpha=4)))
     keys = lora.trainable_state_dict()
     assert any("lora_A" in k for k in keys) and all(k.startswith("connector.") or "lora_" in k for k in keys)
     assert not any(p.requires_grad for p in lora.audio_encoder.parameters())
@@ -167,7 +168,7 @@ def test_forward_loss_is_mean_ce_over_labels_and_only_connector_learns(parts):
 
 
 def test_loss_only_forward_matches_the_full_forward_with_and_without_lora(parts):
-    lora = LoraConfig(enabled=True, r=2, alpha=4, target_modules=["q_proj", "v_proj"])
+    lora = MODEL.lora.model_copy(update=dict(enabled=True, r=2, alpha=4))
     for model in (build(parts), build(parts, lora=lora)):
         model.eval()
         batch = model.build_inputs([conv("<|AUDIO|> describe", {"array": tone(1.0), "text": "hello"}),

@@ -4,16 +4,51 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
-from desta.config import ParamsError, flatten, load_params, parse_overrides
+from desta import config
+from desta.config import ParamsError, deep_merge, flatten, load_params, parse_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = yaml.safe_load((ROOT / "params.yaml").read_text())
+# models whose optional fields have schema defaults: list entries (each source), not sections of params.yaml
+LIST_ITEMS = {config.SourceConfig}
 
 
 def write(tmp_path: Path, data: dict) -> Path:
+    """The shipped params.yaml with `data` merged in."""
     p = tmp_path / "params.yaml"
-    p.write_text(yaml.safe_dump(data))
+    p.write_text(yaml.safe_dump(deep_merge(SHIPPED, data)))
     return p
+
+
+def _sections(model: type[BaseModel]) -> list[type[BaseModel]]:
+    found = [model]
+    for field in model.model_fields.values():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            found += _sections(sub)
+    return found
+
+
+def test_params_yaml_is_the_only_place_defaults_are_written():
+    """config.py declares types and bounds only: every setting of every section must come from the params file."""
+    defaulted = [f"{m.__name__}.{name}" for m in _sections(config.Params) if m not in LIST_ITEMS
+                 for name, f in m.model_fields.items() if not f.is_required()]
+    assert not defaulted, f"config.py writes defaults for {defaulted}; put them in params.yaml instead"
+
+
+def test_empty_or_partial_params_file_names_every_missing_key(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ParamsError, match="train: missing") as err:
+        load_params(empty)
+    assert str(empty) in str(err.value)
+    partial = dict(SHIPPED, train={k: v for k, v in SHIPPED["train"].items() if k != "max_steps"})
+    p = tmp_path / "partial.yaml"
+    p.write_text(yaml.safe_dump(partial))
+    with pytest.raises(ParamsError, match=r"train\.max_steps: missing"):
+        load_params(p)
 
 
 def test_shipped_params_are_valid():

@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 import pytest
+from params_util import default_params
 
-from desta.config import params_from_dict
 from desta.data import demo, synth
 from desta.data.manifest import iter_clips, shard_paths
 from desta.data.prepare import run_prepare, stable_split
@@ -97,7 +97,7 @@ def _digest(folder):
 
 def test_prepare_demo_smoke_is_deterministic_and_idempotent(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    params = params_from_dict({"tracking": {"enabled": False},
+    params = default_params({"tracking": {"enabled": False},
                                "prepare": {"sources": [{"name": "demo", "kind": "demo", "n_clips": 40}],
                                            "workers": 2}})
     summary = run_prepare(params, progress=False)

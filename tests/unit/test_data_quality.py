@@ -6,11 +6,12 @@ import io
 import numpy as np
 import pytest
 import soundfile as sf
+from params_util import default_params
 
-from desta.config import QualityConfig
 from desta.data.audio import AudioError
 from desta.data.quality import check_audio, wav_truncated
 
+QUALITY = default_params().prepare.quality
 
 def _wav(wave, sr=16000, subtype="PCM_16") -> bytes:
     buf = io.BytesIO()
@@ -22,7 +23,7 @@ GOOD = 0.3 * np.sin(np.arange(32000) / 7.0)
 
 
 def test_good_audio_passes_and_is_resampled():
-    checked, wave = check_audio(_wav(GOOD, 44100), "x.wav", QualityConfig())
+    checked, wave = check_audio(_wav(GOOD, 44100), "x.wav", QUALITY)
     assert checked.sample_rate == 44100 and checked.channels == 1 and wave.size == pytest.approx(32000 * 16 / 44.1,
                                                                                                   abs=2)
     assert len(checked.content_hash) == 64 and -15 < checked.rms_dbfs < -10
@@ -35,7 +36,7 @@ def test_good_audio_passes_and_is_resampled():
     (_wav(np.where(np.arange(GOOD.size) == 5, np.nan, GOOD), subtype="FLOAT"), "nan")])
 def test_each_defect_has_its_reason(data, reason):
     with pytest.raises(AudioError) as err:
-        check_audio(data, "clip.wav", QualityConfig(max_duration_s=30))
+        check_audio(data, "clip.wav", QUALITY.model_copy(update={"max_duration_s": 30}))
     assert err.value.reason == reason and "clip.wav" in str(err.value)
 
 

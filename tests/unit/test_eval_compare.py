@@ -6,8 +6,8 @@ import csv
 import json
 
 import pytest
+from params_util import default_params
 
-from desta.config import params_from_dict
 from desta.evaluate.compare import compare_runs, load_run, markdown_table
 from desta.evaluate.run import build_tasks, summary_table, write_outputs
 
@@ -22,7 +22,7 @@ def test_compare_two_dirs_writes_table_and_png(tmp_path):
     a = _eval_dir(tmp_path / "selfgen", {"heldout/accuracy": 0.6, "heldout/chance": 0.3, "heldout/wer": 0.2,
                                         "heldout/gender/accuracy": 0.9})
     b = _eval_dir(tmp_path / "templated", {"heldout/accuracy": 0.5, "retention/ifeval_following_rate": 0.4})
-    params = params_from_dict({"tracking": {"enabled": False}})
+    params = default_params({"tracking": {"enabled": False}})
     out = compare_runs(params, [str(a), str(b / "metrics.json")], out_dir=str(tmp_path / "cmp"))
     assert out["runs"] == ["selfgen", "templated"]
     table = (tmp_path / "cmp" / "compare.md").read_text().splitlines()
@@ -34,7 +34,7 @@ def test_compare_two_dirs_writes_table_and_png(tmp_path):
 
 
 def test_compare_rejects_bad_runs(tmp_path):
-    params = params_from_dict({"tracking": {"enabled": False}})
+    params = default_params({"tracking": {"enabled": False}})
     with pytest.raises(FileNotFoundError, match="no metrics.json"):
         load_run(params, str(tmp_path))
     (tmp_path / "metrics.json").write_text("{not json")
@@ -62,11 +62,11 @@ def test_write_outputs_and_summary(tmp_path):
 
 
 def test_build_tasks_follows_params(tmp_path):
-    params = params_from_dict({"evaluate": {"tasks": ["heldout", "retention", "mmau", "voicebench"]},
+    params = default_params({"evaluate": {"tasks": ["heldout", "retention", "mmau", "voicebench"]},
                                "paths": {"benchmarks_root": str(tmp_path)}})
     assert [t.name for t in build_tasks(params)] == ["heldout", "retention", "mmau", "voicebench"]
     with pytest.raises(Exception, match="evaluate.tasks"):
-        params_from_dict({"evaluate": {"tasks": ["mmlu"]}})
+        default_params({"evaluate": {"tasks": ["mmlu"]}})
 
 
 def test_cached_transcripts_fill_only_known_clips():

@@ -3,8 +3,8 @@
 import json
 
 import pytest
+from params_util import default_params
 
-from desta.config import params_from_dict
 from desta.selfgen.aqa_import import guess_domain, import_aqa
 from desta.selfgen.records import read_records
 
@@ -23,7 +23,7 @@ def test_import_maps_rows_and_is_idempotent(tmp_path):
     src.mkdir()
     (src / "part-0.jsonl").write_text("".join(json.dumps(_row(i)) + "\n" for i in range(6)))
     (src / "part-1.jsonl").write_text(json.dumps(_row(0, "Clotho")) + "\n")
-    params = params_from_dict({"paths": {"generated": str(tmp_path / "gen")}, "tracking": {"enabled": False}})
+    params = default_params({"paths": {"generated": str(tmp_path / "gen")}, "tracking": {"enabled": False}})
     summary = import_aqa(params, src, data_root=tmp_path / "corpora")
     recs = list(read_records(tmp_path / "gen"))
     assert summary["records"] == len(recs) == 7
@@ -42,7 +42,7 @@ def test_import_maps_rows_and_is_idempotent(tmp_path):
 def test_bad_rows_name_the_file_and_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(_row(0)) + "\n" + json.dumps({"id": "x.wav", "dataset": "d"}) + "\n")
-    params = params_from_dict({"paths": {"generated": str(tmp_path / "gen")}, "tracking": {"enabled": False}})
+    params = default_params({"paths": {"generated": str(tmp_path / "gen")}, "tracking": {"enabled": False}})
     with pytest.raises(ValueError, match=r"bad.jsonl:2: .*seed_description"):
         import_aqa(params, bad)
     with pytest.raises(FileNotFoundError, match="no .jsonl"):

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from params_util import default_params
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from desta.config import params_from_dict
 from desta.data.manifest import Clip, write_shard
 from desta.selfgen.engine import Decoding, HFEngine, length_buckets, resume_partial
 from desta.selfgen.generate import GeneratorMismatch, run_generate
@@ -64,7 +64,7 @@ def tiny(tmp_path_factory):
 
 def params_for(tmp_path: Path, llm: Path, manifests: Path, **generate):
     g = {"max_new_tokens": 6, "batch_size": 4, "shard_size": 5, "progress": False, "device": "cpu", **generate}
-    return params_from_dict({"paths": {"manifests": str(manifests), "generated": str(tmp_path / "gen")},
+    return default_params({"paths": {"manifests": str(manifests), "generated": str(tmp_path / "gen")},
                              "model": {"llm": str(llm)}, "tracking": {"enabled": False}, "generate": g})
 
 

@@ -8,8 +8,8 @@ import json
 import os
 
 import pytest
+from params_util import default_params
 
-from desta.config import Params
 from desta.registry import RegistryError, _audio_to_path, is_better, read_metric
 from desta.tracking import PARENT_ENV, dvc_hashes, numeric_metrics, parent_run, quick_digest, safe_params, stage_run
 
@@ -19,7 +19,7 @@ def params(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv(PARENT_ENV, raising=False)
-    p = Params()
+    p = default_params()
     p.tracking.tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
     p.tracking.experiment = "unit"
     return p

@@ -4,9 +4,9 @@ the deterministic resumable length-bucketed sampler, the lr schedule and the gen
 from __future__ import annotations
 
 import pytest
+from params_util import default_params
 from test_train_fixtures import TinyAudioLM, make_generated
 
-from desta.config import TrainConfig
 from desta.data.manifest import Clip, write_shard
 from desta.evaluate.tasks.heldout import ATTRIBUTES
 from desta.selfgen.records import training_messages
@@ -80,8 +80,9 @@ def test_schedule_warmup_then_cosine_to_floor():
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_config_generated_from_params(stage):
-    cfg = TrainConfig(strategy="deepspeed", zero_stage=stage, precision="bf16", micro_batch_size=4, grad_accum=8,
-                      lr=1e-4, warmup_steps=5000, max_steps=100000, offload_optimizer=stage == 3)
+    cfg = default_params().train.model_copy(update=dict(
+        strategy="deepspeed", zero_stage=stage, precision="bf16", micro_batch_size=4, grad_accum=8, lr=1e-4,
+        warmup_steps=5000, max_steps=100000, offload_optimizer=stage == 3))
     ds = build_ds_config(cfg, world_size=8, on_cpu=False)
     assert ds["train_batch_size"] == 4 * 8 * 8 and ds["gradient_clipping"] == 1.0
     assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]

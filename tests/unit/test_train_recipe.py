@@ -8,17 +8,18 @@ import json
 
 import pytest
 import torch
+from params_util import default_params
 from test_train_fixtures import TinyAudioLM, make_generated, make_manifest
 
-from desta.config import ParamsError, params_from_dict
+from desta.config import ParamsError
 from desta.train.checkpoint import list_checkpoints
 from desta.train.recipe import rotate_audio, run_train
 
 
 def tiny_params(root, **train):
     base = {"max_steps": 8, "micro_batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "eval_every": 4, "save_every": 4,
-            "log_every": 2, "progress": False, "seed": 1}
-    return params_from_dict({
+            "log_every": 2, "progress": False, "seed": 1, "attribute_targets": {"enabled": False}}
+    return default_params({
         "paths": {"generated": str(root / "generated"), "checkpoints": str(root / "ckpt"),
                   "model": str(root / "model"), "manifests": str(root / "manifests")},
         "tracking": {"enabled": False}, "train": {**base, **train}})

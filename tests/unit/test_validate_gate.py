@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from params_util import default_params
 
-from desta.config import params_from_dict
 from desta.data.manifest import Clip, write_shard
 from desta.selfgen.prompts import applicable, load_pool
 from desta.selfgen.records import build_record, shard_path
@@ -58,7 +58,7 @@ def failures(root: Path, severity: str = "critical") -> list[tuple[str, str, str
 
 
 def test_good_set_passes_with_data_docs(tmp_path):
-    summary = run_validate(params_from_dict(build(tmp_path)))
+    summary = run_validate(default_params(build(tmp_path)))
     assert summary["success"] and summary["critical_failures"] == 0 and summary["warnings"] == 0
     assert (tmp_path / "val" / "data_docs" / "index.html").is_file()
     report = json.loads((tmp_path / "val" / "report.json").read_text())
@@ -101,13 +101,13 @@ def _bad_record(clips, records):
 ])
 def test_broken_sets_stop_the_pipeline_after_writing_the_report(tmp_path, breaker, expected):
     with pytest.raises(ValidationFailed, match="report.json"):
-        run_validate(params_from_dict(build(tmp_path, **{"b": breaker})))
+        run_validate(default_params(build(tmp_path, **{"b": breaker})))
     assert expected in failures(tmp_path)
 
 
 def test_broken_records_are_named(tmp_path):
     with pytest.raises(ValidationFailed) as err:
-        run_validate(params_from_dict(build(tmp_path, b=_bad_record)))
+        run_validate(default_params(build(tmp_path, b=_bad_record)))
     got = failures(tmp_path)
     assert ("generated", "expect_column_value_lengths_to_be_between", "response") in got
     assert ("generated", "expect_column_values_to_be_in_set", "messages_ok") in got
@@ -120,11 +120,11 @@ def test_warnings_do_not_block_unless_asked(tmp_path):
         records[0]["response"] = "Based on the metadata, a greeting."
 
     raw = build(tmp_path, b=one_leak)
-    summary = run_validate(params_from_dict(raw))
+    summary = run_validate(default_params(raw))
     assert summary["success"] and summary["warnings"] >= 1
     assert ("generated", "expect_column_values_to_not_match_regex_list", "response") in failures(tmp_path, "warning")
     with pytest.raises(ValidationFailed):
-        run_validate(params_from_dict({**raw, "validate": {"fail_on_warning": True}}))
+        run_validate(default_params({**raw, "validate": {"fail_on_warning": True}}))
 
 
 def test_label_categories_are_expected_only_when_some_clip_has_the_labels():

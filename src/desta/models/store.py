@@ -77,9 +77,9 @@ REGISTRY: dict[str, StoreEntry] = {e.ref: e for e in (
 
 
 def default_cache_dir() -> Path:
-    from desta.config import Params
+    from desta.config import model_cache_dir
 
-    return Params().model_cache_dir()
+    return model_cache_dir()
 
 
 def _slug(ref: str) -> str:
