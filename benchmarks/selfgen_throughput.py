@@ -14,12 +14,12 @@ import time
 
 import torch
 
+from desta.conversation import generator_user_message
 from desta.data.manifest import Clip
 from desta.models.store import load_llm
 from desta.selfgen.describe import seed_description
 from desta.selfgen.engine import Decoding, HFEngine
 from desta.selfgen.prompts import load_pool, sample_prompts
-from desta.selfgen.records import generator_user_message
 
 
 def requests(n: int) -> list[list[dict[str, str]]]:

@@ -174,10 +174,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def load_profiled(root: Path, profile: str | None) -> Params:
-    """Params object for root/params.yaml + profile (used by the Prefect flow)."""
-    return params_from_dict(merged_params(root / "params.yaml", profile, root), str(root / "params.yaml"))
-
-
 if __name__ == "__main__":
     sys.exit(main())

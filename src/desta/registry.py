@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from desta.config import Params
+from desta.conversation import inference_messages
 from desta.tracking import numeric_metrics, stage_run
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,6 @@ def _pyfunc_class():
 
             self.model = DeSTA25AudioModel.from_pretrained(context.artifacts["model_dir"])
             self.model.eval()
-            self.system = self.model.config.system_prompt
 
         def predict(self, context, model_input, params: dict[str, Any] | None = None):
             import pandas as pd
@@ -71,9 +71,7 @@ def _pyfunc_class():
                 raise RegistryError(f"request is missing column(s) {sorted(missing)}; send columns audio, instruction")
             max_new = int((params or {}).get("max_new_tokens", self.max_new_tokens))
             with tempfile.TemporaryDirectory(prefix="desta-serve-") as tmp:
-                convs = [[{"role": "system", "content": self.system},
-                          {"role": "user", "content": f"<|AUDIO|>\n{row.instruction}",
-                           "audios": [{"audio": _audio_to_path(str(row.audio), Path(tmp), i), "text": None}]}]
+                convs = [inference_messages(str(row.instruction), [_audio_to_path(str(row.audio), Path(tmp), i)])
                          for i, row in enumerate(frame.itertuples(index=False))]
                 results = self.model.generate(convs, max_new_tokens=max_new)
             return pd.DataFrame({"answer": [r.text for r in results]})
@@ -135,8 +133,9 @@ def model_hashes(model_dir: Path) -> dict[str, str]:
     return out
 
 
-def register_model(params: Params) -> dict[str, Any]:
-    """Stage entry: log the pyfunc, register a new version, move `champion` only if the metric beats it."""
+def run_register(params: Params) -> dict[str, Any]:
+    """Stage `register` (CLI, dvc.yaml, Prefect): log the pyfunc, register a new version, move `champion` only if
+    the metric beats it."""
     cfg, model_dir = params.tracking, Path(params.evaluate.model or params.paths.model)
     out_file = Path(params.paths.eval) / "registry.json"
     out_file.parent.mkdir(parents=True, exist_ok=True)

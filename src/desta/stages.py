@@ -17,7 +17,7 @@ STAGES: dict[str, str] = {
     "validate": "desta.validate.gate:run_validate",
     "train": "desta.train.recipe:run_train",
     "evaluate": "desta.evaluate.run:run_evaluate",
-    "register": "desta.tracking:run_register",
+    "register": "desta.registry:run_register",
 }
 
 

@@ -161,13 +161,6 @@ def ensure_experiment(cfg: TrackingConfig) -> str:
     return exp_id
 
 
-def run_register(params: Params) -> dict[str, Any]:
-    """Stage `register`: log the trained model as an MLflow pyfunc, register it, move `champion` if it wins."""
-    from desta.registry import register_model
-
-    return register_model(params)
-
-
 # --------------------------------------------------------------------------------------------------------- lineage
 def dvc_hashes(lock_path: str | Path = "dvc.lock") -> dict[str, str]:
     """Every out recorded in dvc.lock -> its DVC md5 (directories end in `.dir`); {} without a lock file."""

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from desta.records import read_records
 from desta.selfgen.generate import run_generate
-from desta.selfgen.records import read_records
 
 pytestmark = pytest.mark.integration
 

@@ -26,6 +26,7 @@ from transformers import (
 )
 
 from desta.data.audio import AudioError
+from desta.evaluate.likelihood import option_logprobs
 from desta.models.audio_llm import CheckpointError, DeSTA25AudioModel
 from desta.models.convert_whisper import build_processor, generation_config
 from desta.models.layout import IGNORE
@@ -249,14 +250,14 @@ def test_option_logprobs_rank_options_by_teacher_forced_likelihood(parts):
     model = build(parts)
     c = conv("<|AUDIO|> describe", {"array": tone(1.0), "text": "hello"})
     options = ["nice", "the weather is nice", "world"]
-    scores = model.option_logprobs([c, c], [options, options[:2]], batch_size=2)
+    scores = option_logprobs(model, [c, c], [options, options[:2]], batch_size=2)
     assert len(scores[0]) == 3 and len(scores[1]) == 2 and scores[0][:2] == pytest.approx(scores[1])
     for opt, got in zip(options, scores[0], strict=True):  # each = -(CE mean * label count) of that option
         batch = model.build_inputs([c], [opt])
         n = int((batch["labels"] != IGNORE).sum())
         assert got == pytest.approx(-float(model(**batch).loss) * n, rel=1e-4)
     with pytest.raises(ValueError, match="option lists"):
-        model.option_logprobs([c], [])
+        option_logprobs(model, [c], [])
 
 
 def test_option_logprobs_encode_each_audio_once(parts):
@@ -266,7 +267,7 @@ def test_option_logprobs_encode_each_audio_once(parts):
     convs = [conv("<|AUDIO|> describe", {"array": tone(1.0), "text": "hello"}),
              conv("<|AUDIO|> and <|AUDIO|>", {"array": tone(0.5), "text": "a"}, {"array": tone(2.0), "text": None})]
     options = [["nice", "the weather is nice", "world"], ["yes", "no"]]
-    scores = model.option_logprobs(convs, options, batch_size=1)
+    scores = option_logprobs(model, convs, options, batch_size=1)
     assert sum(encoded) == 3  # three audios, five options: every audio went through the encoder once
     transcript = model.generate(convs[1], max_new_tokens=1)[0].transcripts[1]
     filled = conv("<|AUDIO|> and <|AUDIO|>", {"array": tone(0.5), "text": "a"},

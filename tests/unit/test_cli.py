@@ -1,27 +1,40 @@
-"""The CLI: every stage is a sub-command, bad params fail with exit code 2 before any work starts."""
+"""The CLI: each stage command that dvc.yaml runs reaches that stage's entry function with the parsed params; bad
+params fail with exit code 2 before any work starts."""
 
 from pathlib import Path
 
+import pytest
 import yaml
 
-from desta.cli import build_parser, main
-from desta.stages import STAGES, stage_function
+from desta import stages
+from desta.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+DVC_STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 
 
-def test_every_stage_is_a_subcommand():
-    sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert set(STAGES) <= set(sub.choices)
+@pytest.mark.parametrize("name", list(DVC_STAGES))
+def test_dvc_stage_command_dispatches_to_that_stage(name, monkeypatch, capsys):
+    called = []
 
+    def fake_stage(stage):
+        return lambda params: called.append((stage, params.train.max_steps)) or {"stage": stage}
 
-def test_stage_functions_resolve():
-    for name in STAGES:
-        assert callable(stage_function(name)), name
+    monkeypatch.setattr(stages, "stage_function", fake_stage)
+    argv = DVC_STAGES[name]["cmd"].split()
+    assert argv[0] == "desta"
+    rc = main([*argv[1:], "-p", str(ROOT / "params.yaml"), "-S", "train.max_steps=3"])
+    assert rc == 0 and called == [(name, 3)]
+    assert '"stage"' in capsys.readouterr().out
 
 
 def test_bad_params_fail_before_any_work(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["paths"]["manifests"] = str(tmp_path / "m")
+    raw["prepare"]["workers"] = 0
     bad = tmp_path / "params.yaml"
-    bad.write_text(yaml.safe_dump({"paths": {"manifests": str(tmp_path / "m")}, "prepare": {"workers": 0}}))
+    bad.write_text(yaml.safe_dump(raw))
     assert main(["prepare", "-p", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "prepare.workers" in err and str(bad) in err

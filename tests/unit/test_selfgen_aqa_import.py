@@ -5,8 +5,8 @@ import json
 import pytest
 from params_util import default_params
 
+from desta.records import read_records
 from desta.selfgen.aqa_import import guess_domain, import_aqa
-from desta.selfgen.records import read_records
 
 
 def _row(i: int, dataset: str = "IEMOCAP") -> dict:

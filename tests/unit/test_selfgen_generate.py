@@ -11,10 +11,11 @@ from params_util import default_params
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from desta.conversation import TRAIN_SYSTEM_PROMPT
 from desta.data.manifest import Clip, write_shard
+from desta.records import read_records
 from desta.selfgen.engine import Decoding, HFEngine, length_buckets, resume_partial
 from desta.selfgen.generate import GeneratorMismatch, run_generate
-from desta.selfgen.records import TRAIN_SYSTEM_PROMPT, read_records
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")

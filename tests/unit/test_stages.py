@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from desta.cli import build_parser
 from desta.config import flatten, load_params
 from desta.stages import STAGES
 
@@ -34,10 +33,8 @@ def _flow_module():
 
 
 def test_stage_lists_are_equal():
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")
-    cli_stages = [name for name in sub.choices if name in STAGES]
-    assert list(DVC["stages"]) == list(STAGES) == cli_stages
+    """dvc.yaml and the Prefect flow are written independently of STAGES; the CLI side is tests/unit/test_cli.py."""
+    assert list(DVC["stages"]) == list(STAGES)
     assert list(_flow_module().STAGE_TASKS) == list(STAGES)
 
 

@@ -7,9 +7,9 @@ import pytest
 from params_util import default_params
 from test_train_fixtures import TinyAudioLM, make_generated
 
+from desta.conversation import training_messages
 from desta.data.manifest import Clip, write_shard
 from desta.evaluate.tasks.heldout import ATTRIBUTES
-from desta.selfgen.records import training_messages
 from desta.train.attributes import QUESTIONS, attribute_records, pick, wording
 from desta.train.collate import Collator
 from desta.train.data import BucketBatchSampler, GeneratedDataset, WithExtraRecords, read_generated

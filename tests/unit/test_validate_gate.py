@@ -9,8 +9,8 @@ import soundfile as sf
 from params_util import default_params
 
 from desta.data.manifest import Clip, write_shard
+from desta.records import build_record, shard_path
 from desta.selfgen.prompts import applicable, load_pool
-from desta.selfgen.records import build_record, shard_path
 from desta.validate.gate import ValidationFailed, run_validate
 
 RESPONSES = ["The speaker sounds calm and friendly.", "A dog barks twice near a busy road.",

@@ -13,8 +13,6 @@ from typing import Any
 
 from desta.data.manifest import Clip, iter_clips
 
-SUPERVISION_FIELDS = ("text", "language", "speaker", "gender")
-
 
 def _custom(clip: Clip) -> dict[str, Any]:
     skip = {"id", "audio", "duration", "sample_rate", "channels", "transcript", "language", "speaker", "gender",

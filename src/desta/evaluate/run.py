@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from desta.config import Params
+from desta.conversation import without_audio
+from desta.evaluate.likelihood import option_logprobs
 from desta.evaluate.loop import GenerateFn, Task, run_task
-from desta.evaluate.tasks.common import without_audio
 from desta.tracking import stage_run
 
 log = logging.getLogger(__name__)
@@ -113,8 +114,8 @@ def make_runners(params: Params) -> tuple[dict[str, Any], dict[str, Any]]:
         a small LLM's preference for some option strings cancels, what the audio adds remains}."""
         if params.model.use_transcription:
             convs = [with_cached_transcripts(c, transcripts) for c in convs]
-        scores = model().option_logprobs(convs, options, batch_size=bs)
-        prior = model().option_logprobs([without_audio(c) for c in convs], options, batch_size=bs)
+        scores = option_logprobs(model(), convs, options, batch_size=bs)
+        prior = option_logprobs(model(), [without_audio(c) for c in convs], options, batch_size=bs)
         return [{"choice": argmax(s), "calibrated_choice": argmax([a - b for a, b in zip(s, p, strict=True)])}
                 for s, p in zip(scores, prior, strict=True)]
 

@@ -27,7 +27,6 @@ from desta.models.layout import (
     load_windows,
     pad_batch,
     pad_id,
-    pad_windows,
     placeholder_token,
 )
 
@@ -251,12 +250,13 @@ class DeSTA25AudioModel(nn.Module):
         (responses only: -100 except response tokens + end-of-turn), input_features [n, mel, 3000],
         audio_frames [n] (valid encoder frames per window), audio_batch_index [n] (row of each window) and
         audio_positions [n] (column of each window's first of P query slots; the P slots are consecutive)."""
-        return self._prepare(conversations, responses)[0]
+        return self.prepare_batch(conversations, responses)[0]
 
-    def _prepare(self, conversations: list[list[dict]], responses: list[str] | None, keep_encoder: bool = False,
+    def prepare_batch(self, conversations: list[list[dict]], responses: list[str] | None, keep_encoder: bool = False,
                  features: bool = True):
-        """`build_inputs` + transcripts; keep_encoder adds the tapped states when Whisper ran for transcription;
-        features=False leaves out the log-mel features (for callers that pass `audio_hidden` themselves)."""
+        """(`build_inputs` output, per conversation the transcript of each audio). keep_encoder adds the tapped states
+        `audio_hidden` when Whisper ran for transcription; features=False leaves out the log-mel features (for callers
+        that pass `audio_hidden` themselves, e.g. desta.evaluate.likelihood)."""
         if responses is not None and len(responses) != len(conversations):
             raise ValueError(f"build_inputs: {len(conversations)} conversations but {len(responses)} responses")
         layouts = [ConversationLayout.from_messages(conv, self.config.system_prompt) for conv in conversations]
@@ -329,54 +329,6 @@ class DeSTA25AudioModel(nn.Module):
             loss = (nn.functional.cross_entropy(logits.float(), targets[keep], reduction="none") * w).sum() / w.sum()
         return CausalLMOutputWithPast(loss=loss, logits=full)
 
-    @torch.no_grad()
-    def option_logprobs(self, conversations: list[list[dict]], options: list[list[str]],
-                        batch_size: int = 8) -> list[list[float]]:
-        """Multiple choice by likelihood (lm-eval's `multiple_choice`): for each conversation, the summed
-        log-probability of every option as the assistant's whole answer (teacher-forced, end-of-turn included).
-        Independent of the answer's wording, so it shows what the connector carries even when a small LLM's
-        free-form answer does not name an option."""
-        if len(options) != len(conversations):
-            raise ValueError(f"option_logprobs: {len(conversations)} conversations but {len(options)} option lists")
-        flat: list[float] = []
-        for start in range(0, len(conversations), batch_size):  # memory: one group's encoder states at a time
-            group, windows = self._encode_once(conversations[start:start + batch_size])
-            rows = [(i, opt) for i, opts in enumerate(options[start:start + batch_size]) for opt in opts]
-            for first in range(0, len(rows), batch_size):
-                chunk = rows[first:first + batch_size]
-                inputs = self._prepare([group[i] for i, _ in chunk], [opt for _, opt in chunk], features=False)[0]
-                inputs["audio_hidden"] = pad_windows([w for i, _ in chunk for w in windows[i]],
-                                                      inputs["audio_frames"])
-                logits = self(**inputs).logits[:, :-1].float()
-                labels = inputs["labels"][:, 1:].to(logits.device)
-                mask = labels != -100
-                tok = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-                flat += (tok * mask).sum(-1).tolist()
-        out, k = [], 0
-        for opts in options:
-            out.append(flat[k:k + len(opts)])
-            k += len(opts)
-        return out
-
-    def _encode_once(self, conversations: list[list[dict]]) -> tuple[list[list[dict]], list[list[torch.Tensor]]]:
-        """The conversations' audio through the frozen encoder (and Whisper's transcription where `text` is None)
-        once: (the conversations with every audio's text filled in, per conversation its windows' tapped states
-        [L, frames, d]), so scoring several answers to one conversation does not re-encode its audio."""
-        batch, transcripts = self._prepare(conversations, None, keep_encoder=True)
-        frames = batch["audio_frames"]
-        hidden = batch.get("audio_hidden")
-        if hidden is None and frames.numel():
-            hidden = self.encode_audio(batch["input_features"], frames)
-        owner = batch["audio_batch_index"].tolist()
-        filled, windows = [], []
-        for row, conv in enumerate(conversations):
-            texts = iter(transcripts[row])  # one per audio, in message order (shared across messages)
-            filled.append([{**m, "audios": [a if a.get("text") is not None else {**a, "text": t}
-                                            for a, t in zip(m["audios"], texts, strict=False)]}
-                           if m.get("audios") else m for m in conv])
-            windows.append([hidden[j, :, :int(frames[j])] for j, b in enumerate(owner) if b == row])
-        return filled, windows
-
     # ------------------------------------------------------------------------------------------------ generate
     @torch.no_grad()
     def generate(self, messages: list[dict] | list[list[dict]], max_new_tokens: int = 128, do_sample: bool = False,
@@ -390,7 +342,7 @@ class DeSTA25AudioModel(nn.Module):
             sampling.update(temperature=temperature, top_p=top_p)
         results: list[GenerationResult] = []
         for start in range(0, len(convs), batch_size):
-            batch, transcripts = self._prepare(convs[start:start + batch_size], None, keep_encoder=True)
+            batch, transcripts = self.prepare_batch(convs[start:start + batch_size], None, keep_encoder=True)
             audio = {k: batch[k] for k in ("input_features", "audio_frames", "audio_batch_index", "audio_positions",
                                            "audio_hidden") if k in batch}
             embeds = self._embed(batch["input_ids"], **audio)

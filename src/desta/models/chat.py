@@ -14,15 +14,9 @@ from pathlib import Path
 import torch
 
 from desta.config import Params
+from desta.conversation import inference_messages
 from desta.data.audio import probe
 from desta.models.audio_llm import DeSTA25AudioModel, is_checkpoint
-from desta.models.layout import AUDIO
-
-
-def build_messages(audio: list[Path], instruction: str) -> list[dict]:
-    """The official message format; one <|AUDIO|> per file is prepended unless the instruction places them."""
-    content = instruction if AUDIO in instruction else AUDIO * len(audio) + "\n" + instruction
-    return [{"role": "user", "content": content, "audios": [{"audio": str(p), "text": None} for p in audio]}]
 
 
 def load_model(params: Params, model_dir: str | None) -> tuple[DeSTA25AudioModel, str]:
@@ -50,7 +44,7 @@ def run_chat(params: Params, audio: list[Path], instruction: str, model_dir: str
         probe(path)  # fail on a missing/unreadable file before loading any model
     torch.set_grad_enabled(False)
     model, source = load_model(params, model_dir)
-    result = model.generate(build_messages(audio, instruction), max_new_tokens=max_new_tokens)[0]
+    result = model.generate(inference_messages(instruction, audio), max_new_tokens=max_new_tokens)[0]
     if as_json:
         print(json.dumps({"answer": result.text, "transcripts": result.transcripts, "audio": [str(p) for p in audio],
                           "instruction": instruction, "model": source}, ensure_ascii=False))

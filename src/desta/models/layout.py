@@ -1,6 +1,7 @@
 """LLM input layout of DeSTA2.5 (desta.md): chat template, <|AUDIO|> slots, audio windows, labels and padding.
 
-Used only by `DeSTA25AudioModel.build_inputs` (desta/models/audio_llm.py), the one place inputs are laid out.
+Used only by `DeSTA25AudioModel.build_inputs` (desta/models/audio_llm.py), the one place inputs are laid out;
+the messages themselves come from desta.conversation.
 Per audio slot: `<start_audio>` [P placeholder ids per 30 s window] [transcription tokens] `<end_audio>`.
 """
 
@@ -14,9 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from desta.conversation import AUDIO, END, START
 from desta.data.audio import AudioError, load_audio
 
-AUDIO, START, END = "<|AUDIO|>", "<start_audio>", "<end_audio>"
 IGNORE = -100
 _RESERVED = re.compile(r"<\|?(reserved|unused)[\w-]*\|?>|\[unused\d+\]", re.IGNORECASE)
 

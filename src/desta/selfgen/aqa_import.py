@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from desta.config import Params
-from desta.selfgen.records import REQUIRED_FIELDS, STATE_FILE, iter_jsonl, shard_path, write_state
+from desta.records import REQUIRED_FIELDS, STATE_FILE, iter_jsonl, shard_path, write_state
 
 log = logging.getLogger(__name__)
 

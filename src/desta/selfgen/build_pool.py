@@ -1,4 +1,4 @@
-"""Build the instruction pool (src/desta/selfgen/data/prompts.jsonl) from hand-written templates x slot values.
+"""Build the instruction pool (src/desta/prompt_pool.jsonl) from hand-written templates x slot values.
 
 Run once when the templates change, then commit the jsonl (the pool is versioned data, not rebuilt at run time):
     python -m desta.selfgen.build_pool            # rewrites the shipped file
@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-POOL_PATH = Path(__file__).parent / "data" / "prompts.jsonl"
+POOL_PATH = Path(__file__).parents[1] / "prompt_pool.jsonl"  # read by desta.prompt_pool
 ALL = ["speech", "sound", "music"]
 
 # category -> (domains it applies to, [(template, {slot: values}[, (required Clip fields)])]); slots expand as a
@@ -185,8 +185,6 @@ TEMPLATES: dict[str, tuple[list[str], list[Template]]] = {
          ("music_instrument", "music_mode")),
     ]),
 }
-
-CATEGORIES = tuple(TEMPLATES)
 
 
 def expand() -> list[dict]:

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from desta.config import GenerateConfig
+from desta.records import PARTIAL_SUFFIX, rejected_path, shard_path, write_state
 from desta.selfgen.describe import strip_description_echo
-from desta.selfgen.records import PARTIAL_SUFFIX, rejected_path, shard_path, write_state
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +36,6 @@ class Decoding:
     do_sample: bool = False
     temperature: float = 0.7
     top_p: float = 0.9
-
-    def as_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample}
-        if self.do_sample:
-            d |= {"temperature": self.temperature, "top_p": self.top_p}
-        return d
 
 
 @dataclass(frozen=True)

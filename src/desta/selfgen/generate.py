@@ -19,20 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from desta.config import Params
+from desta.conversation import generator_messages
 from desta.data.manifest import Clip, iter_clips
-from desta.selfgen.describe import seed_description
-from desta.selfgen.engine import Job, run_shards
-from desta.selfgen.prompts import Prompt, check_category_weights, load_pool, sample_prompts
-from desta.selfgen.records import (
+from desta.records import (
     PARTIAL_SUFFIX,
     REJECTED_GLOB,
     STATE_FILE,
     build_record,
     count_rejected,
-    generator_user_message,
     shard_path,
     write_state,
 )
+from desta.selfgen.describe import seed_description
+from desta.selfgen.engine import Job, run_shards
+from desta.selfgen.prompts import Prompt, check_category_weights, load_pool, sample_prompts
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +121,8 @@ def fingerprint(prov: dict[str, Any], shards: list[list[Item]]) -> str:
 
 
 def messages_for(item: Item, system_prompt: str) -> list[dict[str, str]]:
-    """The generator's chat: its system prompt, then the seed description standing in for the audio + the prompt."""
-    return [{"role": "system", "content": system_prompt},
-            {"role": "user", "content": generator_user_message(item.seed_description, item.prompt.text)}]
+    """The generator's chat (desta.conversation.generator_messages) for one item."""
+    return generator_messages(item.seed_description, item.prompt.text, system_prompt)
 
 
 def job_for(item: Item, prov: dict[str, Any], system_prompt: str) -> Job:

@@ -22,13 +22,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from desta.conversation import audio_entry, inference_messages, training_messages
 from desta.data.manifest import Clip, iter_clips
-from desta.selfgen.records import audio_first_messages, training_messages, transcript_of
+from desta.records import transcript_of
 
 GROUP = "attribute"  # the dataset items' `group`: the collator weighs these rows' loss separately
 # question order -> (suffix of the key its wording is drawn by, the messages builder of that layout)
+def _audio_first(prompt: str, audio: str, transcript: str | None) -> list[dict[str, Any]]:
+    return inference_messages(prompt, [audio_entry(audio, transcript)])
+
+
 LAYOUTS: dict[str, tuple[str, Callable[[str, str, str | None], list[dict[str, Any]]]]] = {
-    "question-first": ("pf", training_messages), "audio-first": ("af", audio_first_messages)}
+    "question-first": ("pf", training_messages), "audio-first": ("af", _audio_first)}
 ORDERS = tuple(LAYOUTS)
 
 # attribute -> (question wordings, value of a clip or None when it lacks the attribute)

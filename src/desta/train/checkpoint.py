@@ -89,10 +89,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def step_dir(root: Path, step: int) -> Path:
-    return root / f"step-{step:08d}"
-
-
 def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints (those with meta.json), oldest first."""
     if not root.is_dir():

@@ -17,7 +17,7 @@ from typing import Any
 from torch.utils.data import Dataset, Sampler
 
 from desta.data.audio import AudioError, load_audio
-from desta.selfgen.records import read_records
+from desta.records import read_records
 
 log = logging.getLogger(__name__)
 

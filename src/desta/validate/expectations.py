@@ -15,7 +15,7 @@ import great_expectations.expectations as gxe
 
 from desta.config import Params
 from desta.data.manifest import DOMAINS, SCHEMA, SPLITS
-from desta.selfgen.records import REQUIRED_FIELDS
+from desta.records import REQUIRED_FIELDS
 
 CRITICAL, WARNING = "critical", "warning"
 
@@ -28,7 +28,6 @@ LEAK_PATTERNS = [
     r"\((?:Emotion|Gender|Pitch|Genre|Sound|Caption|Duration): ",  # the attribute block "(Gender: ..."
     r"\bDuration: \d+(?:\.\d)?s\b",
 ]
-GENERATED_DERIVED = ["messages_ok", "in_manifest", "split_matches", "clip_splits", "audio_exists"]
 MANIFEST_DERIVED = ["audio_exists", "content_splits"]
 
 

@@ -17,9 +17,10 @@ from typing import Any
 import pandas as pd
 
 from desta.config import Params
+from desta.conversation import AUDIO_SLOT
 from desta.data.manifest import read_table
-from desta.selfgen.prompts import PromptPool, labelled, load_pool
-from desta.selfgen.records import AUDIO_SLOT, REQUIRED_FIELDS, STATE_FILE, count_rejected, read_records
+from desta.prompt_pool import PromptPool, labelled, load_pool
+from desta.records import REQUIRED_FIELDS, STATE_FILE, count_rejected, read_records
 from desta.validate.expectations import CRITICAL, Check, category_checks, generated_checks, manifest_checks
 
 log = logging.getLogger(__name__)

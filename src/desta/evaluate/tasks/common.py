@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from desta.selfgen.records import audio_first_messages
+from desta.conversation import AUDIO, inference_messages, without_audio  # noqa: F401 (AUDIO, without_audio: for tasks)
 
-AUDIO = "<|AUDIO|>"
 DESTA_SYSTEM = "Focus on the audio clips and instructions."
 MCQ_SYSTEM = 'Focus on the audio clips and instructions. Put your answer in the format "The correct answer is: "___" ".'
 IF_SYSTEM = "Follow the given instructions."
@@ -20,21 +19,9 @@ class BenchmarkFilesError(FileNotFoundError):
 
 
 def audio_conversation(audio: str | None, text: str, system: str | None = None) -> list[dict[str, Any]]:
-    """`<|AUDIO|>\\n\\n{text}` with one audio entry (DeSTA2.5's evaluation prompt); text-only when audio is None."""
-    user = audio_first_messages(text, str(audio), None) if audio is not None else [{"role": "user", "content": text}]
-    return ([{"role": "system", "content": system}] if system else []) + user
-
-
-def without_audio(conversation: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The same conversation with every audio removed (entries and `<|AUDIO|>` markers): the text-only question
-    whose option likelihoods calibrate likelihood-ranked multiple choice."""
-    out = []
-    for m in conversation:
-        if m.get("audios"):
-            content = " ".join(part.strip() for part in str(m.get("content", "")).split(AUDIO) if part.strip())
-            m = {k: v for k, v in m.items() if k != "audios"} | {"content": content}
-        out.append(m)
-    return out
+    """One benchmark item in the model's inference layout (desta.conversation.inference_messages): the audio, a blank
+    line, the text, under the benchmark's system prompt; text-only when audio is None."""
+    return inference_messages(text, [audio] if audio is not None else [], system)
 
 
 def mcq_prompt(question: str, choices: list[str]) -> str:

@@ -1,6 +1,6 @@
 """Does a trained connector's answer follow the voice, even where its most likely answer does not? (issue 5 §3)
 
-    .venv/bin/python benchmarks/attribute_ranking.py [--params params.yaml] [--model data/model]
+    .venv/bin/python research/attribute_ranking.py [--params params.yaml] [--model data/model]
                                                      [--attribute gender] [--forms FORM ...] [--questions Q ...]
                                                      [--orders question-first audio-first]
 
@@ -33,12 +33,13 @@ import torch
 from scipy.stats import binomtest, mannwhitneyu
 
 from desta.config import load_params
+from desta.conversation import audio_entry, inference_messages
 from desta.data.manifest import Clip, iter_clips
 from desta.evaluate import scorers
+from desta.evaluate.likelihood import option_logprobs
 from desta.evaluate.tasks.common import DESTA_SYSTEM, MCQ_SYSTEM, audio_conversation, mcq_prompt, without_audio
 from desta.evaluate.tasks.heldout import ALIASES, ATTRIBUTES
 from desta.models.audio_llm import DeSTA25AudioModel
-from desta.selfgen.records import audio_first_messages
 
 N_REFERENCES = 8  # train clips (first by id with the attribute) whose mean option log-probs set `train-ref`
 GENDER_QUESTIONS = ("What is the gender of the speaker?", "Is the speaker male or female?")
@@ -49,12 +50,12 @@ def margins(model: DeSTA25AudioModel, clips: list[Clip], question: str, answers:
     """Per clip log p(answers[0]) - log p(answers[1]) as the whole answer to `question` about its audio: asked
     before the audio (the generated set's order) or, with audio_first, after it (`desta chat` / `desta evaluate`'s
     order: the audio, a blank line, the question)."""
-    convs = [audio_first_messages(question, c.audio, c.transcript or "") if audio_first else
+    convs = [inference_messages(question, [audio_entry(c.audio, c.transcript or "")]) if audio_first else
              [{"role": "user", "content": f"{question} <|AUDIO|>", "audios": [{"audio": c.audio,
                                                                              "text": c.transcript or ""}]}]
              for c in clips]
     with torch.no_grad():
-        scores = model.option_logprobs(convs, [answers] * len(clips))
+        scores = option_logprobs(model, convs, [answers] * len(clips))
     return [a - b for a, b in scores]
 
 
@@ -87,9 +88,9 @@ def benchmark_forms(model: DeSTA25AudioModel, clips: list[Clip], attribute: str,
         prompt = mcq_prompt(question, order)
         convs = [audio_conversation(c.audio, prompt, MCQ_SYSTEM) for c in clips]
         with torch.no_grad():
-            own = model.option_logprobs(convs, [order] * len(clips))
-            prior = model.option_logprobs([without_audio(convs[0])], [order])[0]  # the same text for every clip
-            ref = model.option_logprobs([audio_conversation(c.audio, prompt, MCQ_SYSTEM) for c in references],
+            own = option_logprobs(model, convs, [order] * len(clips))
+            prior = option_logprobs(model, [without_audio(convs[0])], [order])[0]  # the same text for every clip
+            ref = option_logprobs(model, [audio_conversation(c.audio, prompt, MCQ_SYSTEM) for c in references],
                                         [order] * len(references))
         ref_mean = [sum(r[k] for r in ref) / len(ref) for k in range(len(order))]
         for name, base in (("choice", [0.0] * len(order)), ("calibrated", prior), ("train-ref", ref_mean)):

@@ -1,6 +1,5 @@
-"""The generated-set record (DeSTA-AQA5M fields + provenance), its shard files, and the reader train/evaluate use.
-
-Written by `desta generate` and `desta import-aqa`; read by validate, train and evaluate via `read_records`.
+"""The generated-set record (DeSTA-AQA5M fields + provenance) and its shard files: the contract between `desta
+generate` / `desta import-aqa` (writers) and validate, train and evaluate (readers, via `read_records`).
 One JSON object per line in `<paths.generated>/shard-00000.jsonl`, ...:
   id "<clip_id>#<k>", dataset, seed_description, prompt, response, messages (system + user with `audios`),
   clip_id, audio, split, domain, prompt_id, prompt_category, generator, generator_hash, gen_params, seed.
@@ -14,11 +13,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from desta.conversation import training_messages
 from desta.data.manifest import Clip
 
-# The training-side system prompt and audio slot of the released data (desta.md, "Training record").
-TRAIN_SYSTEM_PROMPT = "You are a helpful assistant. The audio clips appear between <start_audio> and <end_audio> tags."
-AUDIO_SLOT = "<start_audio><|AUDIO|><end_audio>"
 SHARD_GLOB = "shard-*.jsonl"
 REJECTED_GLOB = "rejected-*.jsonl"  # records with an empty response (after strip_echo), kept beside their shard
 PARTIAL_SUFFIX = ".partial"
@@ -43,25 +40,6 @@ def record_id(clip_id: str, k: int) -> str:
     return f"{clip_id}#{k}"
 
 
-def generator_user_message(seed_description: str, prompt: str) -> str:
-    """What the text LLM sees in place of the audio: the seed description, a blank line, then the instruction."""
-    return f"{seed_description}\n\n{prompt}"
-
-
-def training_messages(prompt: str, audio: str, transcript: str | None) -> list[dict[str, Any]]:
-    """The record's `messages`: prompt before the audio slot, as in the released data."""
-    return [
-        {"role": "system", "content": TRAIN_SYSTEM_PROMPT},
-        {"role": "user", "content": f"{prompt} {AUDIO_SLOT}", "audios": [{"audio": audio, "text": transcript}]},
-    ]
-
-
-def audio_first_messages(prompt: str, audio: str, transcript: str | None) -> list[dict[str, Any]]:
-    """The same request as `desta chat` / `desta evaluate` ask it: the audio, a blank line, the prompt (no system
-    message: the model's own system prompt is used)."""
-    return [{"role": "user", "content": f"<|AUDIO|>\n\n{prompt}", "audios": [{"audio": audio, "text": transcript}]}]
-
-
 def transcript_of(clip: Clip) -> str | None:
     """The text fed after the audio queries at training time: the transcript, else the joined segment texts."""
     if clip.transcript and clip.transcript.strip():
@@ -72,8 +50,8 @@ def transcript_of(clip: Clip) -> str | None:
 
 def build_record(clip: Clip, k: int, seed_description: str, prompt: Any, response: str,
                  provenance: dict[str, Any]) -> dict[str, Any]:
-    """One record. `prompt` is a desta.selfgen.prompts.Prompt; provenance has generator, generator_hash,
-    gen_params and seed (the same dict for every record of a run)."""
+    """One record. `prompt` has `.text`, `.id`, `.category` (a desta.selfgen.prompts.Prompt); provenance has
+    generator, generator_hash, gen_params and seed (the same dict for every record of a run)."""
     return {
         "id": record_id(clip.id, k),
         "dataset": clip.source,

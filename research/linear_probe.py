@@ -1,6 +1,6 @@
 """What the audio path carries, apart from what the LLM makes of it: a linear probe for one speaker attribute.
 
-    .venv/bin/python benchmarks/linear_probe.py [--params params.yaml] [--model data/model | untrained]
+    .venv/bin/python research/linear_probe.py [--params params.yaml] [--model data/model | untrained]
                                                 [--attribute gender]
 
 Run in a workspace where `desta prepare` has written paths.manifests (and, for a trained model, `desta train` has

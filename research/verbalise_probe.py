@@ -1,6 +1,6 @@
 """Can a fresh connector make the frozen LLM *say* a speaker attribute? Dense-target control for issue 5 section 3.
 
-    .venv/bin/python benchmarks/verbalise_probe.py [--params params.yaml] [--attribute gender] [--steps 100]
+    .venv/bin/python research/verbalise_probe.py [--params params.yaml] [--attribute gender] [--steps 100]
                                                    [--every 25] [--batch 8] [--lr 3e-4] [--answer short|sentence]
 
 Run in a workspace where `desta prepare` has written paths.manifests. It trains a freshly initialised connector
@@ -25,6 +25,7 @@ import torch
 
 from desta.config import load_params
 from desta.data.manifest import Clip, iter_clips
+from desta.evaluate.likelihood import option_logprobs
 from desta.evaluate.scorers import p_above_chance
 from desta.models.audio_llm import DeSTA25AudioModel
 
@@ -42,7 +43,7 @@ def accuracy(model: DeSTA25AudioModel, clips: list[Clip], attribute: str, values
              ) -> tuple[int, float]:
     """(right, p-value): clips whose true value is the likelier of the options as the whole answer."""
     model.eval()
-    scores = model.option_logprobs([conversation(c, attribute) for c in clips],
+    scores = option_logprobs(model, [conversation(c, attribute) for c in clips],
                                    [[answer(v, style) for v in values]] * len(clips))
     model.train()
     right = [values[max(range(len(values)), key=s.__getitem__)] == getattr(c, attribute)

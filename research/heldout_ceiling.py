@@ -1,6 +1,6 @@
 """The held-out MCQ ceiling of the frozen backbone: what it answers from the *text* seed description.
 
-    .venv/bin/python benchmarks/heldout_ceiling.py [--params params.yaml] [--per-attribute 24]
+    .venv/bin/python research/heldout_ceiling.py [--params params.yaml] [--per-attribute 24]
 
 Run in a workspace where `desta prepare` has written paths.manifests (e.g. after `dvc repro prepare`). Every
 held-out multiple-choice item (the `heldout` task's, same prompt and options) is asked three ways of the backbone
@@ -26,6 +26,7 @@ import torch
 
 from desta.config import load_params
 from desta.data.manifest import iter_clips
+from desta.evaluate.likelihood import option_logprobs
 from desta.evaluate.run import argmax
 from desta.evaluate.scorers import chance_level
 from desta.evaluate.tasks.common import without_audio
@@ -55,7 +56,7 @@ def main() -> None:
         described = [dict(m) for m in question]
         described[-1]["content"] = f"{seed_description(clips[item.id.split('#')[0]])}\n\n{described[-1]['content']}"
         with torch.no_grad():
-            with_desc, prior = model.option_logprobs([described, question], [choices, choices])
+            with_desc, prior = option_logprobs(model, [described, question], [choices, choices])
         picks = {"description": argmax(with_desc), "question": argmax(prior),
                  "calibrated": argmax([a - b for a, b in zip(with_desc, prior, strict=True)])}
         for way, pick in picks.items():
