@@ -91,3 +91,14 @@ def test_task_reproduces_the_released_verdicts_end_to_end(tmp_path):
         assert round(100 * metrics[f"mmau/{task_name}/accuracy"], 2) == table[f"task/{task_name}"]
     assert metrics["mmau/answer_span_accuracy"] > metrics["mmau/accuracy"]
     assert "mmau/by_sub_category/Acoustic Source Inference/accuracy" in metrics
+
+
+def test_scores_are_identical_across_reruns(tmp_path):
+    lay_out(tmp_path)
+    outputs = {r["id"]: r["model_output"] for r in ROWS}
+    runs = []
+    for _ in range(2):
+        task = MMAUTask(tmp_path)
+        by_prompt = {i.conversation[-1]["content"]: outputs[i.id] for i in task.items()}
+        runs.append(run_task(task, {"model": lambda convs, m=by_prompt: [m[c[-1]["content"]] for c in convs]}))
+    assert runs[0] == runs[1]

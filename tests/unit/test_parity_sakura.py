@@ -89,3 +89,15 @@ def test_missing_audio_and_wrong_metadata_name_the_file(tmp_path):
     (tmp_path / "sakura" / "data" / "Emotion" / "metadata.json").write_text('{"data/Emotion/audio/x.wav": {}}')
     with pytest.raises(BenchmarkFilesError, match=r"missing field\(s\) single_instruction"):
         SakuraTask(tmp_path, recorded_judge, ["Emotion"]).items()
+
+
+def test_local_judge_is_loaded_only_when_first_used(monkeypatch):
+    from desta.config import load_params
+    from desta.evaluate import judge
+
+    loads = []
+    monkeypatch.setattr(judge, "local_judge", lambda *a: loads.append(a) or (lambda prompts: ["x"] * len(prompts)))
+    params = load_params(Path(__file__).parents[2] / "params.yaml")
+    fn = judge.make_judge(params)
+    assert loads == []  # a missing benchmark file is reported before any judge model loads
+    assert fn([("s", "u")]) == ["x"] and fn([("s", "u")]) == ["x"] and len(loads) == 1

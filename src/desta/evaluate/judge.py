@@ -10,6 +10,7 @@ GPT-4o (Dynamic-SUPERB); scores from a small local judge are NOT comparable with
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable
@@ -95,7 +96,11 @@ def openai_judge(cfg: JudgeConfig, timeout_s: float = TIMEOUT_S, max_retries: in
 
 
 def make_judge(params: Params) -> JudgeFn:
+    """The configured judge. The openai kind is checked now (base_url, key); a local judge LLM loads on first use,
+    so a missing benchmark file is reported before any model is loaded."""
     cfg = params.evaluate.judge
     if cfg.kind == "openai":
         return openai_judge(cfg)
-    return local_judge(cfg.model, params.model_cache_dir(), cfg.max_new_tokens, params.evaluate.batch_size)
+    load = functools.cache(lambda: local_judge(cfg.model, params.model_cache_dir(), cfg.max_new_tokens,
+                                               params.evaluate.batch_size))
+    return lambda prompts: load()(prompts)
