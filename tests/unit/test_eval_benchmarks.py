@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -136,30 +135,3 @@ def test_parse_options_inline_and_multiline():
     assert parse_options("Q? A. the moon B. the sun C. a rock D. a tree") == {
         "A": "the moon", "B": "the sun", "C": "a rock", "D": "a tree"}
     assert parse_options("Q?\nA. x y\nB. z")["B"] == "z"
-
-
-def test_sakura_single_and_multi_hop_with_judge():
-    task = SakuraTask(FIX, keyword_judge, ["Animal"])
-    items = task.items()
-    assert [i.id for i in items] == ["Animal/dog_01.wav#single", "Animal/dog_01.wav#multi"]
-    gen = lambda convs: ["(b) dog" if "What animal" in c[-1]["content"] else "(a) Wings" for c in convs]  # noqa: E731
-    metrics, records = run_task(task, {"model": gen})
-    assert metrics["sakura/Animal_single/accuracy"] == 1.0 and metrics["sakura/Animal_multi/accuracy"] == 0.0
-    assert metrics["sakura/by_hop/single/accuracy"] == 1.0 and metrics["sakura/judge_unparsed"] == 0.0
-    assert records[0]["judge"].startswith("Explanation")
-
-
-def test_sakura_missing_audio_is_reported(tmp_path):
-    shutil.copytree(FIX / "sakura", tmp_path / "sakura")
-    (tmp_path / "sakura" / "Animal" / "audio" / "dog_01.wav").unlink()
-    with pytest.raises(BenchmarkFilesError, match="dog_01.wav"):
-        SakuraTask(tmp_path, keyword_judge, ["Animal"]).items()
-
-
-def test_dynamic_superb_instances_with_judge():
-    task = DynamicSuperbTask(FIX, keyword_judge)
-    items = task.items()
-    assert len(items) == 2 and items[0].slices["instance"] == "EmotionRecognition_Fixture"
-    metrics, _ = run_task(task, {"model": lambda convs: ["The speaker sounds sad."] * len(convs)})
-    assert metrics["dynamic_superb/EmotionRecognition_Fixture/accuracy"] == 0.5
-    assert metrics["dynamic_superb/macro_accuracy"] == 0.5

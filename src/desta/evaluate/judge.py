@@ -2,44 +2,28 @@
 
 A judge is any callable `judge_fn(list of (system, user) prompts) -> list[str]`. `make_judge(params)` builds one from
 params.evaluate.judge: `local` (an instruction-tuned LLM from the model store, greedy) or `openai` (any
-OpenAI-compatible /chat/completions endpoint; the key is read from the environment variable named by
-`api_key_env` and never logged). The official judges are gpt-4o-2024-11-20 (SAKURA, Speech-IFEval) and GPT-4o
-(Dynamic-SUPERB); scores from a small local judge are NOT comparable with published numbers.
+OpenAI-compatible /chat/completions endpoint through judge_client.Endpoint: retries with backoff, the key read
+from the environment variable named by `api_key_env` and never logged). The prompts and verdict parsing of each
+benchmark live in desta/evaluate/official/. The official judges are gpt-4o-2024-11-20 (SAKURA, Speech-IFEval) and
+GPT-4o (Dynamic-SUPERB); scores from a small local judge are NOT comparable with published numbers.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 
 from desta.config import JudgeConfig, Params
+from desta.evaluate.judge_client import BACKOFF_S, MAX_RETRIES, TIMEOUT_S, Endpoint, JudgeEndpointError
 
 JudgeFn = Callable[[list[tuple[str, str]]], list[str]]
 
-SAKURA_SYSTEM = (
-    "You are a strict grader of multiple-choice answers. You get a question with options, the ground-truth answer "
-    "and a model's response. The response is correct only if it clearly chooses exactly one option and that option "
-    "matches the ground truth (morphological variants such as 'happiness' for 'happy' are acceptable). Reply with "
-    "one line 'Explanation: <short reason>' and then one line 'Judgement: correct' or 'Judgement: incorrect'.")
-DSUPERB_SYSTEM = (
-    "You are a strict grader. You get a task instruction, the reference answer and a model's response. Decide "
-    "whether the response gives the same answer as the reference (ignore wording and formatting). Reply with one "
-    "line 'Explanation: <short reason>' and then one line 'Judgement: correct' or 'Judgement: incorrect'.")
 REASONING_SYSTEM = (
     "You check whether a response demonstrates reasoning behaviour: it explains its steps or evidence before or "
     "while giving its answer. Reply with one line 'Explanation: <short reason>' and then 'Result: YES' or "
     "'Result: NO'.")
-
-
-def sakura_prompt(question: str, answer: str, response: str) -> tuple[str, str]:
-    return SAKURA_SYSTEM, f"Question: {question}\nGround truth: {answer}\nModel response: {response}"
-
-
-def dsuperb_prompt(instruction: str, label: str, response: str) -> tuple[str, str]:
-    return DSUPERB_SYSTEM, f"Instruction: {instruction}\nReference answer: {label}\nModel response: {response}"
 
 
 def reasoning_prompt(instruction: str, response: str) -> tuple[str, str]:
@@ -81,8 +65,12 @@ def local_judge(ref: str, cache_dir, max_new_tokens: int = 64, batch_size: int =
                                      for s, u in prompts])
 
 
-def openai_judge(cfg: JudgeConfig, timeout_s: float = 120.0) -> JudgeFn:
-    """POST {base_url}/chat/completions per prompt (temperature 0, top_p 0.9 as SAKURA's official judge)."""
+def openai_judge(cfg: JudgeConfig, timeout_s: float = TIMEOUT_S, max_retries: int = MAX_RETRIES,
+                 backoff_s: float = BACKOFF_S) -> JudgeFn:
+    """POST {base_url}/chat/completions per prompt with params.evaluate.judge's model, temperature and top_p (SAKURA's
+    official request: gpt-4o-2024-11-20, 0.0, 0.9, no max_tokens). Retries 408/409/425/429/5xx answers, time-outs
+    and dropped connections with exponential backoff (honouring Retry-After), then fails naming the endpoint, the
+    model and the last error; the key is sent only in the Authorization header and redacted from every message."""
     if not cfg.base_url:
         raise ValueError("params.evaluate.judge.base_url is null; set it to the endpoint (e.g. https://api.openai.com/v1)"
                          " or use judge.kind: local")
@@ -90,24 +78,29 @@ def openai_judge(cfg: JudgeConfig, timeout_s: float = 120.0) -> JudgeFn:
     if not key:
         raise ValueError(f"params.evaluate.judge: the environment variable {cfg.api_key_env} is empty; export the "
                          "endpoint's API key there (it is never written to params or logs)")
-    url = cfg.base_url.rstrip("/") + "/chat/completions"
+    endpoint = Endpoint(cfg.base_url.rstrip("/") + "/chat/completions", cfg.model, key, timeout_s, max_retries,
+                        backoff_s)
 
     def call(system: str, user: str) -> str:
         body = {"model": cfg.model, "temperature": cfg.temperature, "top_p": cfg.top_p,
                 "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}]}
-        req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+        reply = endpoint.post(body)
         try:
-            with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-                return json.loads(resp.read())["choices"][0]["message"]["content"]
-        except (urllib.error.URLError, KeyError, json.JSONDecodeError) as err:
-            raise RuntimeError(f"judge endpoint {url} (model {cfg.model}) failed: {err}") from None
+            return reply["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise JudgeEndpointError(f"judge endpoint {endpoint.url} (model {cfg.model}) answered without "
+                                     f"choices[0].message.content: {endpoint.redact(json.dumps(reply)[:300])}; "
+                                     "is base_url an OpenAI-compatible /v1 root?") from None
 
     return lambda prompts: [call(s, u) for s, u in prompts]
 
 
 def make_judge(params: Params) -> JudgeFn:
+    """The configured judge. The openai kind is checked now (base_url, key); a local judge LLM loads on first use,
+    so a missing benchmark file is reported before any model is loaded."""
     cfg = params.evaluate.judge
     if cfg.kind == "openai":
         return openai_judge(cfg)
-    return local_judge(cfg.model, params.model_cache_dir(), cfg.max_new_tokens, params.evaluate.batch_size)
+    load = functools.cache(lambda: local_judge(cfg.model, params.model_cache_dir(), cfg.max_new_tokens,
+                                               params.evaluate.batch_size))
+    return lambda prompts: load()(prompts)

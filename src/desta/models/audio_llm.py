@@ -65,6 +65,12 @@ class AudioLLMConfig(ModelConfig):
     resolved_layers: list[int]
     placeholder_id: int
     format_version: int = 1
+    # True for checkpoints converted from the official DeSTA2.5 release (`desta models import-official`): the forward
+    # pass then follows modeling_desta25.py: each tapped layer's raw output (the last one before Whisper's final
+    # LayerNorm), cross-attention over all 1500 frames of the 30 s padded window, only the first 30 s of a clip.
+    # False (the project's own training): tapped hidden states (the last one normed), padding masked, long clips
+    # chunked. A record of how the weights were trained, not a setting: absent in older files means False.
+    official_forward: bool = False
 
     def model_settings(self) -> ModelConfig:
         return ModelConfig.model_validate(self.model_dump(include=set(ModelConfig.model_fields)))
@@ -118,25 +124,28 @@ class DeSTA25AudioModel(nn.Module):
     # ------------------------------------------------------------------------------------------------ building
     @classmethod
     def from_parts(cls, whisper, processor, llm, tokenizer, model_cfg: ModelConfig, seed: int = 0,
-                   encoder_hash: str | None = None, llm_hash: str | None = None) -> DeSTA25AudioModel:
+                   encoder_hash: str | None = None, llm_hash: str | None = None,
+                   official_forward: bool = False) -> DeSTA25AudioModel:
         """Compose already-loaded backbones (hashes of the in-memory weights unless given) with a fresh connector."""
         layers = model_cfg.target_layers or default_target_layers(whisper.config.encoder_layers)
         cfg = AudioLLMConfig(**model_cfg.model_dump(), encoder_hash=encoder_hash or weights_hash(whisper),
                              llm_hash=llm_hash or weights_hash(llm), resolved_layers=layers,
-                             placeholder_id=placeholder_token(tokenizer))
+                             placeholder_id=placeholder_token(tokenizer), official_forward=official_forward)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return cls(whisper, processor, llm, tokenizer, cfg).eval()  # like HF from_pretrained; train() to train
 
     @classmethod
-    def from_params(cls, model_cfg: ModelConfig, cache_dir: Path | None = None, seed: int = 0) -> DeSTA25AudioModel:
+    def from_params(cls, model_cfg: ModelConfig, cache_dir: Path | None = None, seed: int = 0,
+                    official_forward: bool = False) -> DeSTA25AudioModel:
         """Load both backbones through the offline store (converted once) and add a freshly initialised connector."""
         dtype = _DTYPES[model_cfg.dtype]
         whisper, processor = store.load_whisper(model_cfg.encoder, cache_dir, dtype)
         llm, tokenizer = store.load_llm(model_cfg.llm, cache_dir, dtype)
         return cls.from_parts(whisper, processor, llm, tokenizer, model_cfg, seed,
                               encoder_hash=store.model_hash(store.resolve(model_cfg.encoder, cache_dir)),
-                              llm_hash=store.model_hash(store.resolve(model_cfg.llm, cache_dir)))
+                              llm_hash=store.model_hash(store.resolve(model_cfg.llm, cache_dir)),
+                              official_forward=official_forward)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, cache_dir: Path | None = None, parts: tuple | None = None):
@@ -148,9 +157,9 @@ class DeSTA25AudioModel(nn.Module):
                                   "(save_pretrained)")
         saved = AudioLLMConfig.model_validate(json.loads((path / CONFIG_FILE).read_text()))
         if parts is None:
-            model = cls.from_params(saved.model_settings(), cache_dir)
+            model = cls.from_params(saved.model_settings(), cache_dir, official_forward=saved.official_forward)
         else:
-            model = cls.from_parts(*parts, saved.model_settings())
+            model = cls.from_parts(*parts, saved.model_settings(), official_forward=saved.official_forward)
         for name in ("encoder_hash", "llm_hash"):
             if getattr(model.config, name) != getattr(saved, name):
                 raise CheckpointError(
@@ -222,12 +231,23 @@ class DeSTA25AudioModel(nn.Module):
         return self._encode(input_features, audio_frames)[0]
 
     def _encode(self, input_features: torch.Tensor, audio_frames: torch.Tensor):
+        """(tapped states [n, L, T, d], the encoder output): hidden_states[i + 1] per tapped layer i, or with
+        official_forward each tapped layer's own output caught by a hook (no final LayerNorm on the last one)."""
         dtype = next(self.audio_encoder.parameters()).dtype
-        with torch.no_grad():
-            enc = self.audio_encoder.model.encoder(input_features.to(self.device, dtype), output_hidden_states=True)
+        encoder, layers = self.audio_encoder.model.encoder, self.config.resolved_layers
+        raw: dict[int, torch.Tensor] = {}
+        hooks = [encoder.layers[i].register_forward_hook(
+            lambda _m, _a, out, i=i: raw.__setitem__(i, out[0] if isinstance(out, tuple) else out))
+            for i in layers] if self.config.official_forward else []
+        try:
+            with torch.no_grad():
+                enc = encoder(input_features.to(self.device, dtype), output_hidden_states=not hooks)
+        finally:
+            for h in hooks:
+                h.remove()
         t = int(audio_frames.max())
-        tapped = torch.stack([enc.hidden_states[i + 1][:, :t] for i in self.config.resolved_layers], dim=1)
-        return tapped, enc
+        states = [raw[i] for i in layers] if hooks else [enc.hidden_states[i + 1] for i in layers]
+        return torch.stack([s[:, :t] for s in states], dim=1), enc
 
     @torch.no_grad()
     def transcribe(self, input_features: torch.Tensor, encoder_output: Any = None) -> list[str]:
@@ -266,7 +286,9 @@ class DeSTA25AudioModel(nn.Module):
         need_asr = self.config.use_transcription and any(s.text is None for s in slots)
         mel = (fe(windows, sampling_rate=fe.sampling_rate, return_tensors="pt").input_features if windows
                else torch.zeros(0, fe.feature_size, fe.nb_max_frames)) if features or need_asr else None
-        frames = torch.tensor([max(1, min(-(-len(w) // 320), 1500)) for w in windows], dtype=torch.long)
+        full = self.audio_encoder.config.max_source_positions  # 1500 frames = 30 s
+        frames = torch.tensor([full if self.config.official_forward else max(1, min(-(-len(w) // 320), full))
+                               for w in windows], dtype=torch.long)
         extra: dict[str, torch.Tensor] = {}
         if need_asr:
             tapped, enc = self._encode(mel, frames)

@@ -142,6 +142,8 @@ def load_windows(slots: list[AudioSlot], feature_extractor: Any, cfg: Any) -> tu
     windows, owners = [], []
     for i, slot in enumerate(slots):
         wave = load_audio(slot.path, sr) if slot.array is None else np.asarray(slot.array, dtype=np.float32)
+        if getattr(cfg, "official_forward", False):
+            wave = wave[:win]  # the official model sees the first 30 s only (its feature extractor truncates)
         if wave.ndim != 1:
             raise AudioError(slot.name, "shape", f"audio array must be 1-D mono at {sr} Hz, got shape {wave.shape}")
         if wave.size == 0:

@@ -33,8 +33,9 @@ def mcq_prompt(question: str, choices: list[str]) -> str:
 
 def require(path: Path, benchmark: str, how: str) -> Path:
     if not path.exists():
+        task = benchmark.lower().replace("-", "_")
         raise BenchmarkFilesError(f"{path}: missing {benchmark} file. {how} (layout: docs/evaluation.md, section "
-                                  f"'{benchmark}'); or drop '{benchmark.lower()}' from params.evaluate.tasks")
+                                  f"'{benchmark}'); or drop '{task}' from params.evaluate.tasks")
     return path
 
 

@@ -1,10 +1,12 @@
-"""MMAU test-mini from its released file (`desta evaluate`, task "mmau"), scored with MMAU's official string match.
+"""MMAU test-mini from its released file (`desta evaluate`, task "mmau"), scored as published (official/mmau.py).
 
 Expected layout: <benchmarks_root>/mmau/mmau-test-mini.json (github.com/Sakshi113/MMAU, pin the commit) and the
 audio it names, e.g. <benchmarks_root>/mmau/test-mini-audios/<uuid>.wav (HF gamma-lab-umd/MMAU-test-mini).
 Protocol (DeSTA2.5 inference_desta25_audio.py): system prompt asking for `The correct answer is: "___"`, user
-`<|AUDIO|>\\n\\n{question} Choose from the following options: "a", "b", ...`; the prefix is stripped before matching.
-Reported: accuracy overall, per task (sound / music / speech), per difficulty and per category.
+`<|AUDIO|>\\n\\n{question} Choose from the following options: "a", "b", ...`, greedy, 512 new tokens; every exact
+`The correct answer is: ` is deleted before MMAU's string match. Reported: accuracy overall, per task (sound / music /
+speech), per difficulty, category and sub-category; `answer_span_accuracy` (not official) matches only the text
+after the last answer phrase.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from desta.evaluate import scorers
 from desta.evaluate.loop import Item, Task
+from desta.evaluate.official import mmau as official
 from desta.evaluate.tasks.common import (
     MCQ_SYSTEM,
     audio_conversation,
@@ -44,16 +47,19 @@ class MMAUTask(Task):
                 raise ValueError(f"{self.file}: item {r['id']}: answer {r['answer']!r} is not one of its choices")
             conv = audio_conversation(resolve_audio(self.root, r["audio_id"]), mcq_prompt(r["question"], r["choices"]),
                                       MCQ_SYSTEM)
-            slices = {"task": r["task"], **{k: str(r[k]) for k in ("difficulty", "category") if r.get(k)}}
+            slices = {"task": r["task"], **{k.replace("-", "_"): str(r[k]) for k in ("difficulty", "category",
+                                                                                  "sub-category") if r.get(k)}}
             items.append(Item(str(r["id"]), conv, {"answer": r["answer"], "choices": r["choices"]}, slices))
         return items
 
     def score(self, item: Item, prediction: str) -> dict[str, Any]:
         ref = item.reference
-        hit = scorers.mmau_string_match(ref["answer"], scorers.strip_answer_prefix(prediction), ref["choices"])
-        return {"correct": float(hit), "n_options": len(ref["choices"])}
+        span = scorers.mmau_string_match(ref["answer"], official.answer_span(prediction), ref["choices"])
+        return {"correct": float(official.verdict(ref["answer"], ref["choices"], prediction)),
+                "answer_span_correct": float(span), "n_options": len(ref["choices"])}
 
     def aggregate(self, records: list[dict[str, Any]]) -> dict[str, float]:
         out = super().aggregate(records)
         out["chance"] = scorers.chance_level([r["n_options"] for r in records])
+        out["answer_span_accuracy"] = scorers.mean([r["answer_span_correct"] for r in records])
         return out

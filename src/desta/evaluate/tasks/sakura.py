@@ -1,45 +1,59 @@
-"""SAKURA from its released files, judged by an LLM (`desta evaluate`, task "sakura").
+"""SAKURA from its released files, judged as the official evaluator does (`desta evaluate`, task "sakura").
 
-Layout: <benchmarks_root>/sakura/<Track>/metadata.json for Track in Animal, Emotion, Gender, Language (the repo's
-data/<Track>/ folders, github.com/ckyang1124/SAKURA) with the audio files it names, found in <Track>/audio/ or
-<Track>/. metadata.json is a list of {file, attribute_label, single_instruction, single_answer,
-multi_instruction, multi_answer} (a mapping file -> fields is accepted too). Each clip gives a single-hop and a
-multi-hop question (options inlined). Scoring: the judge (official: gpt-4o-2024-11-20, temperature 0, top_p 0.9)
-returns `Judgement: correct|incorrect`; accuracy per track and hop, plus the single/multi-hop averages.
+Layout: <benchmarks_root>/sakura/ is a copy of github.com/ckyang1124/SAKURA (pin a1fdb14): data/<Track>/metadata.json
+(a mapping keyed by the clip's path relative to the repository root, `data/<Track>/audio/x.wav`, to {attribute_label,
+single_instruction, single_answer, multi_instruction, multi_answer}) or, when it is absent, data/<Track>/metadata.csv
+(column `file` = the name inside data/<Track>/audio/), and the audio under data/<Track>/audio/. Each clip gives a
+single-hop and a multi-hop question (options inlined). Prompt: DeSTA2.5's default (system "Focus on the audio clips
+and instructions.", user `<|AUDIO|>\\n{instruction}`). Scoring (official/sakura.py): the official judge prompt, the
+reply parsed as `llm_judge.py` does, a reply that is not exactly correct/incorrect counted as not correct. Reported:
+accuracy per track and hop (sakura/<Track>_<hop>/accuracy), per hop pooled, the leaderboard's per-hop average over
+tracks (single_average, multi_average) and the number of invalid judgements.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 from pathlib import Path
 from typing import Any
 
 from desta.evaluate import scorers
-from desta.evaluate.judge import JudgeFn, sakura_prompt
+from desta.evaluate.judge import JudgeFn
 from desta.evaluate.loop import Item, Task
-from desta.evaluate.tasks.common import (
-    DESTA_SYSTEM,
-    BenchmarkFilesError,
-    audio_conversation,
-    check_fields,
-    read_json_list,
-    require,
-)
+from desta.evaluate.official import sakura as official
+from desta.evaluate.tasks.common import AUDIO, DESTA_SYSTEM, BenchmarkFilesError, check_fields, require
 
 TRACKS = ("Animal", "Emotion", "Gender", "Language")
-FIELDS = ("file", "single_instruction", "single_answer", "multi_instruction", "multi_answer")
-HOW = "Copy data/<Track>/ (metadata.json + audio) from github.com/ckyang1124/SAKURA into <benchmarks_root>/sakura/"
+HOPS = ("single", "multi")
+FIELDS = ("single_instruction", "single_answer", "multi_instruction", "multi_answer")
+HOW = ("Clone github.com/ckyang1124/SAKURA (commit a1fdb14) into <benchmarks_root>/sakura/ so that "
+       "<benchmarks_root>/sakura/data/<Track>/metadata.json and data/<Track>/audio/ exist")
 
 
-def read_metadata(path: Path) -> list[dict[str, Any]]:
-    import json
-
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    if isinstance(raw, dict):
-        rows = [{"file": k, **v} for k, v in raw.items()]
-        for n, r in enumerate(rows):
-            check_fields(r, FIELDS, f"{path}[{n}]")
-        return rows
-    return read_json_list(path, FIELDS)
+def read_track(root: Path, track: str) -> list[tuple[str, dict[str, Any]]]:
+    """[(clip path relative to `root`, row)] of one track, from metadata.json (released keys `data/<Track>/audio/x.wav`)
+    or else metadata.csv (`file` = name in data/<Track>/audio/), in file order."""
+    folder = root / "data" / track
+    js, cs = folder / "metadata.json", folder / "metadata.csv"
+    if js.is_file():
+        try:
+            raw = json.loads(js.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise BenchmarkFilesError(f"{js}: not valid JSON ({err.msg}); use the released file unchanged") from None
+        if not isinstance(raw, dict):
+            raise BenchmarkFilesError(f"{js}: expected the released mapping 'data/{track}/audio/<clip>.wav' -> fields, "
+                                      f"got a {type(raw).__name__}; use the released file unchanged")
+        rows = list(raw.items())
+        where = str(js)
+    else:
+        with open(require(cs, "SAKURA", HOW), encoding="utf-8", newline="") as fh:
+            rows = [(f"data/{track}/audio/{r.get('file')}", r) for r in csv.DictReader(fh)]
+        check_fields(rows[0][1] if rows else {}, ("file", *FIELDS), f"{cs} (header)")
+        where = str(cs)
+    for key, row in rows:
+        check_fields(row, FIELDS, f"{where}[{key}]")
+    return rows
 
 
 class SakuraTask(Task):
@@ -49,34 +63,40 @@ class SakuraTask(Task):
     def __init__(self, root: str | Path, judge: JudgeFn, tracks: list[str] | tuple[str, ...] = TRACKS):
         self.root, self.judge, self.tracks = Path(root) / "sakura", judge, list(tracks)
 
-    def _audio(self, track: str, name: str) -> str:
-        for base in (self.root / track / "audio", self.root / track):
-            if (base / name).exists():
-                return str((base / name).resolve())
-        raise BenchmarkFilesError(f"{self.root / track}: audio file {name!r} named in metadata.json is missing. {HOW}")
+    def _audio(self, key: str, track: str) -> str:
+        path = self.root / key
+        if not path.is_file():
+            raise BenchmarkFilesError(f"{path}: audio named by data/{track}/metadata ({key!r}) is missing. {HOW}")
+        return str(path.resolve())
 
     def items(self) -> list[Item]:
+        require(self.root / "data", "SAKURA", HOW)
         items = []
         for track in self.tracks:
-            for r in read_metadata(require(self.root / track / "metadata.json", "SAKURA", HOW)):
-                audio = self._audio(track, r["file"])
-                for hop in ("single", "multi"):
-                    q, a = r[f"{hop}_instruction"], r[f"{hop}_answer"]
-                    items.append(Item(f"{track}/{r['file']}#{hop}", audio_conversation(audio, q, DESTA_SYSTEM),
-                                      {"question": q, "answer": a}, {"track_hop": f"{track}_{hop}", "hop": hop,
-                                                                      "track": track}))
+            for key, row in read_track(self.root, track):
+                audio = self._audio(key, track)
+                for hop in HOPS:
+                    q, a = row[f"{hop}_instruction"], row[f"{hop}_answer"]
+                    conv = [{"role": "system", "content": DESTA_SYSTEM},
+                            {"role": "user", "content": f"{AUDIO}\n{q}", "audios": [{"audio": audio, "text": None}]}]
+                    items.append(Item(f"{key}#{hop}", conv, {"question": q, "answer": a},
+                                      {"track_hop": f"{track}_{hop}", "hop": hop, "track": track}))
         return items
 
     def score_batch(self, items: list[Item], predictions: list[str]) -> list[dict[str, Any]]:
-        verdicts = self.judge([sakura_prompt(i.reference["question"], i.reference["answer"], p)
-                               for i, p in zip(items, predictions, strict=True)])
+        replies = self.judge([official.judge_prompt(i.reference["question"], i.reference["answer"], p)
+                              for i, p in zip(items, predictions, strict=True)])
         out = []
-        for v in verdicts:
-            parsed = scorers.parse_judgement(v)
-            out.append({"correct": None if parsed is None else float(parsed), "judge": v})
+        for reply in replies:
+            verdict = official.verdict(reply)
+            out.append({"correct": float(verdict == "correct"), "verdict": verdict, "judge": reply})
         return out
 
     def aggregate(self, records: list[dict[str, Any]]) -> dict[str, float]:
         out = super().aggregate(records)
-        out["judge_unparsed"] = float(sum(1 for r in records if r.get("correct") is None))
+        for hop in HOPS:  # the leaderboard's "Average": mean of the per-track accuracies
+            per_track = [out[f"{t}_{hop}/accuracy"] for t in self.tracks if f"{t}_{hop}/accuracy" in out]
+            if per_track:
+                out[f"{hop}_average"] = scorers.mean(per_track)
+        out["judge_invalid"] = float(sum(1 for r in records if r.get("verdict") == "invalid"))
         return out
