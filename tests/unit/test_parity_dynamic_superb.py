@@ -85,7 +85,7 @@ def test_each_instance_gets_the_metric_its_task_file_declares(bench):
     items = task.items()
     assert task.metric == {REAL: "accuracy", "SuperbASR_Made": "wer", "SpeakerVerification_Made": "llm_classification"}
     pair = next(i for i in items if i.id == "SpeakerVerification_Made/p1.wav")
-    assert pair.conversation[1]["content"] == "<|AUDIO|>\n<|AUDIO|>\nSame speaker? Answer yes or no."
+    assert pair.conversation[1]["content"] == "<|AUDIO|><|AUDIO|>\n\nSame speaker? Answer yes or no."
     assert len(pair.conversation[1]["audios"]) == 2
     by_conv = {id(i.conversation): ANSWERS[i.id.split("/")[-1]] for i in items}  # the stand-in model, per clip
     task.items = lambda: items

@@ -59,7 +59,7 @@ def test_release_layout_and_official_accuracy_end_to_end():
     task = SakuraTask(ROOT, recorded_judge)
     items = task.items()
     assert len(items) == 24 and items[0].id == "data/Animal/audio/dog28.wav#single"
-    assert items[0].conversation[1]["content"].startswith("<|AUDIO|>\nFrom the options provided, which animal")
+    assert items[0].conversation[1]["content"].startswith("<|AUDIO|>\n\nFrom the options provided, which animal")
     assert items[0].conversation[1]["audios"][0]["audio"].endswith("sakura/data/Animal/audio/dog28.wav")
     metrics, records = run_task(task, {"model": lambda convs: ["(a) dog"] * len(convs)})
     assert [r["verdict"] for r in records] == [c["counted"] for c in RECORDED["cases"]]

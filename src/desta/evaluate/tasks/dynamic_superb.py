@@ -5,9 +5,9 @@ dynamic-superb/dynamic-superb's `dynamic_superb/benchmark_tasks/`, i.e. <Task>/<
 <benchmarks_root>/dynamic_superb/data/<Instance>/ the instance's HF dataset as `hf download DynamicSuperb/<Instance>
 --repo-type dataset --local-dir ...` writes it (data/test-*.parquet: `file`, `audio` {bytes, path} [+ `audio2`, ...],
 `instruction`, `label`). The metric of each instance is the first entry of its instance.json `metrics`
-(official/dynamic_superb.py). Prompt: DeSTA2.5's default (system "Focus on the audio clips and instructions.", user
-one `<|AUDIO|>` line per clip then the instruction). Reported per instance `<Instance>/<metric>`, and the mean
-accuracy over the accuracy-scored instances (`macro_accuracy`).
+(official/dynamic_superb.py). Prompt: the model's one inference layout (desta.conversation: system "Focus on the
+audio clips and instructions.", user one `<|AUDIO|>` per clip, a blank line, the instruction). Reported per instance
+`<Instance>/<metric>`, and the mean accuracy over the accuracy-scored instances (`macro_accuracy`).
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+from desta.conversation import inference_messages
 from desta.evaluate import scorers
 from desta.evaluate.judge import JudgeFn
 from desta.evaluate.loop import Item, Task
 from desta.evaluate.official import dynamic_superb as official
-from desta.evaluate.tasks.common import AUDIO, DESTA_SYSTEM, BenchmarkFilesError, check_fields, require
+from desta.evaluate.tasks.common import DESTA_SYSTEM, BenchmarkFilesError, check_fields, require
 from desta.evaluate.tasks.voicebench import decode_audio
 
 HOW = ("Copy dynamic_superb/benchmark_tasks/ of github.com/dynamic-superb/dynamic-superb into "
@@ -92,9 +93,7 @@ class DynamicSuperbTask(Task):
                           for k in audio_columns(r)]
                 if not audios:
                     raise BenchmarkFilesError(f"{f} row {n}: no `audio` column; use the released Parquet files")
-                content = "\n".join([AUDIO] * len(audios) + [str(r["instruction"])])
-                conv = [{"role": "system", "content": DESTA_SYSTEM},
-                        {"role": "user", "content": content, "audios": audios}]
+                conv = inference_messages(str(r["instruction"]), audios, DESTA_SYSTEM)
                 items.append(Item(f"{name}/{r.get('file', n)}", conv,
                                   {"instruction": r["instruction"], "label": str(r["label"])}, {"instance": name}))
         return items

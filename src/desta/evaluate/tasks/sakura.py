@@ -4,8 +4,9 @@ Layout: <benchmarks_root>/sakura/ is a copy of github.com/ckyang1124/SAKURA (pin
 (a mapping keyed by the clip's path relative to the repository root, `data/<Track>/audio/x.wav`, to {attribute_label,
 single_instruction, single_answer, multi_instruction, multi_answer}) or, when it is absent, data/<Track>/metadata.csv
 (column `file` = the name inside data/<Track>/audio/), and the audio under data/<Track>/audio/. Each clip gives a
-single-hop and a multi-hop question (options inlined). Prompt: DeSTA2.5's default (system "Focus on the audio clips
-and instructions.", user `<|AUDIO|>\\n{instruction}`). Scoring (official/sakura.py): the official judge prompt, the
+single-hop and a multi-hop question (options inlined). Prompt: the model's one inference layout (desta.conversation:
+system "Focus on the audio clips and instructions.", user `<|AUDIO|>\\n\\n{instruction}`; DeSTA2.5 publishes no SAKURA
+prompt). Scoring (official/sakura.py): the official judge prompt, the
 reply parsed as `llm_judge.py` does, a reply that is not exactly correct/incorrect counted as not correct. Reported:
 accuracy per track and hop (sakura/<Track>_<hop>/accuracy), per hop pooled, the leaderboard's per-hop average over
 tracks (single_average, multi_average) and the number of invalid judgements.
@@ -22,7 +23,7 @@ from desta.evaluate import scorers
 from desta.evaluate.judge import JudgeFn
 from desta.evaluate.loop import Item, Task
 from desta.evaluate.official import sakura as official
-from desta.evaluate.tasks.common import AUDIO, DESTA_SYSTEM, BenchmarkFilesError, check_fields, require
+from desta.evaluate.tasks.common import DESTA_SYSTEM, BenchmarkFilesError, audio_conversation, check_fields, require
 
 TRACKS = ("Animal", "Emotion", "Gender", "Language")
 HOPS = ("single", "multi")
@@ -77,8 +78,7 @@ class SakuraTask(Task):
                 audio = self._audio(key, track)
                 for hop in HOPS:
                     q, a = row[f"{hop}_instruction"], row[f"{hop}_answer"]
-                    conv = [{"role": "system", "content": DESTA_SYSTEM},
-                            {"role": "user", "content": f"{AUDIO}\n{q}", "audios": [{"audio": audio, "text": None}]}]
+                    conv = audio_conversation(audio, q, DESTA_SYSTEM)
                     items.append(Item(f"{key}#{hop}", conv, {"question": q, "answer": a},
                                       {"track_hop": f"{track}_{hop}", "hop": hop, "track": track}))
         return items
