@@ -16,8 +16,8 @@ import torch
 
 from desta.conversation import generator_user_message
 from desta.data.manifest import Clip
+from desta.describe import seed_description
 from desta.models.store import load_llm
-from desta.selfgen.describe import seed_description
 from desta.selfgen.engine import Decoding, HFEngine
 from desta.selfgen.prompts import load_pool, sample_prompts
 

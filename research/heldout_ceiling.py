@@ -26,13 +26,13 @@ import torch
 
 from desta.config import load_params
 from desta.data.manifest import iter_clips
+from desta.describe import seed_description
 from desta.evaluate.likelihood import option_logprobs
 from desta.evaluate.run import argmax
 from desta.evaluate.scorers import chance_level
 from desta.evaluate.tasks.common import without_audio
 from desta.evaluate.tasks.heldout import HeldoutTask
 from desta.models.audio_llm import DeSTA25AudioModel
-from desta.selfgen.describe import seed_description
 
 
 def main() -> None:

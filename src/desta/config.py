@@ -119,6 +119,9 @@ class PrepareConfig(_Strict):
 class GenerateConfig(_Strict):
     """`desta generate` (desta/selfgen/generate.py): the backbone LLM answers pool prompts about seed descriptions."""
 
+    # who writes the targets: `llm` (the generator below: the backbone, the paper's self-generation) and/or
+    # `templated` (answers filled in from the clip's labels: the paper's ablation baseline; desta/selfgen/templated.py)
+    target_sources: list[Literal["llm", "templated"]] = Field(min_length=1)
     generator: str | None  # None -> model.llm (the backbone: the paper's self-generation)
     allow_different_generator: bool  # the paper's ablation: targets written by another LLM
     prompts_per_clip: int = Field(gt=0)
@@ -169,28 +172,6 @@ class ValidateConfig(_Strict):
 
 
 # ----------------------------------------------------------------------------------------------------------- train
-class AttributeTargetsConfig(_Strict):
-    """Metadata answers beside the self-generated set (desta/train/attributes.py; docs/training.md, "Attribute
-    targets"). Not in the paper's recipe: on the CPU demo's 135M backbone the self-generated answers mention an
-    attribute too rarely for the connector to learn to say it, and a short one-word answer per clip and question
-    order ("Is this voice a man's or a woman's?" -> "Female."; wordings drawn from a pool) teaches it. The first
-    `lead_fraction` of train.max_steps (rounded down) train on these records only; every later micro-batch carries
-    `per_micro_batch` of them besides the self-generated records, their mean token loss weighted `weight` against
-    the self-generated records' mean."""
-
-    enabled: bool
-    attributes: list[Literal["gender", "sound_class", "music_instrument"]] = Field(min_length=1)
-    # one record per clip and order: the question before the audio (the generated set's layout) and/or after it
-    # (the layout `desta chat` and `desta evaluate` ask in)
-    orders: list[Literal["question-first", "audio-first"]] = Field(min_length=1)
-    lead_fraction: float = Field(ge=0, lt=1)  # a fraction, so a shorter `-S train.max_steps=N` keeps both phases
-    per_micro_batch: int = Field(ge=0)
-    weight: float = Field(gt=0)
-
-    def lead_steps(self, max_steps: int) -> int:
-        return int(self.lead_fraction * max_steps) if self.enabled else 0
-
-
 class TrainConfig(_Strict):
     """`desta train` (desta/train/recipe.py). Paper values (8B, 8 GPUs): lr 1e-4, betas (0.9, 0.98), weight decay
     0.01, 5000 warmup steps, clip 1.0, bf16, 5 epochs. Defaults here are sized for the CPU demo (see docs/training.md):
@@ -227,7 +208,6 @@ class TrainConfig(_Strict):
     log_every: int = Field(gt=0)  # console log line every N steps (the progress bar and MLflow get every step)
     feature_cache: bool  # cache frozen-encoder outputs per clip (deterministic) when the model supports it
     progress: bool  # tqdm progress bar on rank 0
-    attribute_targets: AttributeTargetsConfig
 
 
 # -------------------------------------------------------------------------------------------------------- evaluate

@@ -31,8 +31,8 @@ def tiny(tmp_path_factory):
 
 @pytest.mark.slow
 def test_real_backbone_answers_seed_descriptions(tmp_path):
+    from desta.describe import strip_description_echo
     from desta.models.store import load_llm
-    from desta.selfgen.describe import strip_description_echo
     from desta.selfgen.engine import Decoding, HFEngine
 
     params = tiny_mod.params_for(tmp_path, "pypi:smollm2-135m-instruct", tiny_mod.make_manifest(tmp_path, 3),

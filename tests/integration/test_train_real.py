@@ -26,7 +26,7 @@ def real_params(root: Path):
         "model": {"qformer_layers": 1, "prompt_size": 8},
         "tracking": {"enabled": False},
         "train": {"max_steps": 4, "micro_batch_size": 2, "lr": 2e-3, "warmup_steps": 1, "eval_every": 2,
-                  "save_every": 2, "progress": False, "attribute_targets": {"enabled": False}}})
+                  "save_every": 2, "progress": False}})
 
 
 def test_real_models_learn_save_and_resume(tmp_path):

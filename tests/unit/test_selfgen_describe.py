@@ -1,7 +1,7 @@
 """Seed descriptions: the paper's format per domain, stable attribute order and value spelling."""
 
 from desta.data.manifest import Clip
-from desta.selfgen.describe import format_timestamp, has_speech_text, normalise_value, seed_description
+from desta.describe import format_timestamp, has_speech_text, normalise_value, seed_description
 
 
 def _clip(**kw) -> Clip:
@@ -65,7 +65,7 @@ def test_timestamps_and_values():
 
 
 def test_recited_description_is_stripped_from_responses():
-    from desta.selfgen.describe import strip_description_echo
+    from desta.describe import strip_description_echo
 
     recited = ("[00:03-00:03] Her grandmother counted the boats. (Gender: Female, Accent: British, Pitch: Normal, "
                "Volume: Low, Speaking speed: Normal, Caption: A woman speaking wi")

@@ -89,6 +89,41 @@ def test_records_have_the_contract_fields(tmp_path, tiny):
     assert len(list(read_records(tmp_path / "gen", splits=["valid"]))) < len(recs)
 
 
+def test_default_targets_all_come_from_the_backbone(tmp_path, tiny):
+    """The paper's method by default: the repository's params.yaml asks for LLM targets only and the generator is the
+    backbone, so every record's target was written by model.llm (no templated or other-LLM record)."""
+    from desta.models.store import model_hash
+
+    params = params_for(tmp_path, *tiny)
+    assert default_params().generate.target_sources == ["llm"] and default_params().generate.generator is None
+    run_generate(params)
+    backbone = model_hash(tiny[0])
+    recs = list(read_records(tmp_path / "gen"))
+    assert recs and all(r["target_source"] == "llm" and r["generator_hash"] == backbone for r in recs)
+
+
+def test_templated_targets_need_no_llm_and_mix_with_llm_targets(tmp_path, tiny, monkeypatch):
+    from desta.selfgen import engine
+
+    def no_llm(*args, **kwargs):
+        raise AssertionError("templated targets must not load the generator")
+
+    monkeypatch.setattr(engine, "load_engine", no_llm)
+    summary = run_generate(params_for(tmp_path, *tiny, target_sources=["templated"]))
+    recs = list(read_records(tmp_path / "gen"))
+    assert summary["records"] == len(recs) == 3 * 2 + 6  # 3 speech clips with 2 labels, 6 sound/music with 1
+    by_id = {r["id"]: r for r in recs}
+    speech = by_id["demo/c000#t0"]
+    assert speech["target_source"] == "templated" and speech["generator"] == "templates"
+    assert speech["prompt_category"].startswith("templated:")
+    assert {r["response"] for r in recs} >= {"Rain.", "Jazz.", "Female.", "hello number 0"}
+    assert speech["messages"][0] == {"role": "system", "content": TRAIN_SYSTEM_PROMPT}
+    monkeypatch.undo()
+    mixed = run_generate(params_for(tmp_path, *tiny, target_sources=["llm", "templated"]))
+    sources = [r["target_source"] for r in read_records(tmp_path / "gen")]
+    assert mixed["records"] == len(sources) == 9 * 2 + 12 and sources.count("templated") == 12
+
+
 def test_rerun_skips_and_resume_never_duplicates(tmp_path, tiny):
     params = params_for(tmp_path, *tiny)
     run_generate(params)

@@ -7,12 +7,8 @@ import pytest
 from params_util import default_params
 from test_train_fixtures import TinyAudioLM, make_generated
 
-from desta.conversation import training_messages
-from desta.data.manifest import Clip, write_shard
-from desta.evaluate.tasks.heldout import ATTRIBUTES
-from desta.train.attributes import QUESTIONS, attribute_records, pick, wording
 from desta.train.collate import Collator
-from desta.train.data import BucketBatchSampler, GeneratedDataset, WithExtraRecords, read_generated
+from desta.train.data import BucketBatchSampler, GeneratedDataset, read_generated
 from desta.train.deepspeed import build_ds_config
 from desta.train.schedule import lr_factor
 
@@ -95,52 +91,3 @@ def test_deepspeed_config_generated_from_params(stage):
     assert cpu["optimizer"]["params"]["torch_adam"] is True
 
 
-def test_attribute_records_one_word_answers_in_both_orders_from_a_pool_of_wordings(tmp_path):
-    speech = Clip(id="d/s1", audio="a/s1.wav", duration=1.0, sample_rate=16000, channels=1, source="d",
-                  domain="speech", gender="Female", transcript=" hello ", background="rain")
-    plain = Clip(id="d/s0", audio="a/s0.wav", duration=1.0, sample_rate=16000, channels=1, source="d",
-                 domain="speech")  # no gender, no background: no record
-    sound = Clip(id="d/x", audio="a/x.wav", duration=1.0, sample_rate=16000, channels=1, source="d", domain="sound",
-                 sound_labels=["siren", "traffic"])
-    held = Clip(id="d/t", audio="a/t.wav", duration=1.0, sample_rate=16000, channels=1, source="d", domain="speech",
-                split="test", gender="Male")
-    write_shard([speech, plain, sound, held], tmp_path / "manifest-00000.parquet")
-    recs = attribute_records(tmp_path, ["gender", "sound_class"])
-    assert [(r["id"], r["response"]) for r in recs] == [
-        ("d/s1#gender", "Female."), ("d/s1#gender@audio-first", "Female."), ("d/s1#sound_class", "Rain."),
-        ("d/s1#sound_class@audio-first", "Rain."), ("d/x#sound_class", "Siren."),
-        ("d/x#sound_class@audio-first", "Siren.")]
-    # question-first: the generated set's layout; audio-first: the layout desta chat / evaluate ask in
-    assert recs[0]["messages"] == training_messages(wording("gender", "d/s1#genderpf"), "a/s1.wav", "hello")
-    assert recs[1]["messages"] == [{"role": "user", "content": f"<|AUDIO|>\n\n{wording('gender', 'd/s1#genderaf')}",
-                                    "audios": [{"audio": "a/s1.wav", "text": "hello"}]}]
-    assert all(r["group"] == "attribute" for r in recs)
-    assert attribute_records(tmp_path, ["gender", "sound_class"]) == recs, "the same records every run"
-    only = attribute_records(tmp_path, ["gender"], orders=["audio-first"])
-    assert [r["id"] for r in only] == ["d/s1#gender@audio-first"] and only[0]["messages"] == recs[1]["messages"]
-    with pytest.raises(ValueError, match="no train-split clip has any of .'music_instrument'"):
-        attribute_records(tmp_path, ["music_instrument"])
-    with pytest.raises(ValueError, match="train.attribute_targets.orders"):
-        attribute_records(tmp_path, ["gender"], orders=["sideways"])
-
-
-def test_attribute_wordings_are_not_the_heldout_questions():
-    for attr, (pool, _) in QUESTIONS.items():
-        assert len(pool) == len(set(pool)) >= 6, attr
-        assert not set(pool) & ({q for q, _ in ATTRIBUTES.values()} | {"Is the speaker male or female?"}), \
-            "worded unlike the held-out benchmark's and attribute_ranking.py's questions"
-    drawn = {wording("gender", f"c{i}#genderpf") for i in range(200)}
-    assert drawn == set(QUESTIONS["gender"][0]), "every wording of the pool is used"
-
-
-def test_extra_records_ride_along_deterministically_and_resume():
-    base = BucketBatchSampler([10] * 12, batch_size=4, seed=3)
-    mixed = WithExtraRecords(base, n_base=12, n_extra=5, k=2, pick=pick)
-    mixed.set_epoch(1)
-    full = list(mixed)
-    assert len(full) == 3 and all(len(b) == 6 and all(12 <= i < 17 for i in b[4:]) for b in full)
-    assert [b[:4] for b in full] == base.epoch_batches()
-    mixed.set_epoch(1, start=1)
-    assert list(mixed) == full[1:] and len(mixed) == 2
-    mixed.set_epoch(2)
-    assert list(mixed) != full

@@ -31,7 +31,7 @@ class TinyAudioLM(nn.Module):
         for part in (self.audio_encoder, self.language_model):
             part.requires_grad_(False)
         self.fe = WhisperFeatureExtractor(feature_size=N_MELS)
-        self.seen: list[tuple] = []  # per forward: (each row's response, its label tokens, label_weights)
+        self.seen: list[tuple] = []  # per forward: (each row's response, its label tokens)
 
     def build_inputs(self, conversations, responses):
         feats, ids, labels = [], [], []
@@ -49,23 +49,15 @@ class TinyAudioLM(nn.Module):
                 "attention_mask": torch.tensor([[1] * len(x) + [0] * p for x, p in zip(ids, pad, strict=True)]),
                 "labels": torch.tensor([x + [-100] * p for x, p in zip(labels, pad, strict=True)])}
 
-    def forward(self, input_features, input_ids, attention_mask, labels, loss_only=False,
-                label_weights=None):  # loss only either way
+    def forward(self, input_features, input_ids, attention_mask, labels, loss_only=False):  # loss only either way
         audio = self.audio_encoder(input_features.transpose(1, 2)).mean(1)  # [b, d]
         queries = self.connector(audio).view(-1, N_QUERIES, D)  # [b, q, d]
         x = self.language_model["embed"](input_ids) + queries.mean(1, keepdim=True)  # [b, t, d]: audio conditions all
         h, _ = self.language_model["rnn"](x)
         logits = self.language_model["head"](h[:, :-1])  # position i predicts token i + 1
         targets = labels[:, 1:]
-        self.seen.append(([bytes(r[r != -100].tolist()).decode() for r in targets], (targets != -100).sum(1),
-                          label_weights))
-        if label_weights is None:
-            loss = nn.functional.cross_entropy(logits.reshape(-1, 256).float(), targets.reshape(-1), ignore_index=-100)
-        else:  # the DeSTA25AudioModel contract: a mean weighted per row
-            keep = targets != -100
-            w = label_weights.float()[:, None].expand_as(targets)[keep]
-            ce = nn.functional.cross_entropy(logits[keep].float(), targets[keep], reduction="none")
-            loss = (ce * w).sum() / w.sum()
+        self.seen.append(([bytes(r[r != -100].tolist()).decode() for r in targets], (targets != -100).sum(1)))
+        loss = nn.functional.cross_entropy(logits.reshape(-1, 256).float(), targets.reshape(-1), ignore_index=-100)
         return type("Out", (), {"loss": loss})()
 
     def trainable_state_dict(self):

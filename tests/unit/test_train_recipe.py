@@ -9,16 +9,15 @@ import json
 import pytest
 import torch
 from params_util import default_params
-from test_train_fixtures import TinyAudioLM, make_generated, make_manifest
+from test_train_fixtures import TinyAudioLM, make_generated
 
-from desta.config import ParamsError
 from desta.train.checkpoint import list_checkpoints
 from desta.train.recipe import rotate_audio, run_train
 
 
 def tiny_params(root, **train):
     base = {"max_steps": 8, "micro_batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "eval_every": 4, "save_every": 4,
-            "log_every": 2, "progress": False, "seed": 1, "attribute_targets": {"enabled": False}}
+            "log_every": 2, "progress": False, "seed": 1}
     return default_params({
         "paths": {"generated": str(root / "generated"), "checkpoints": str(root / "ckpt"),
                   "model": str(root / "model"), "manifests": str(root / "manifests")},
@@ -129,59 +128,3 @@ def test_deterministic_switches_kernels_on_for_the_run_only_and_changes_nothing_
     run_train(tiny_params(tmp_path, max_steps=4, deterministic=True), recording_factory)
     assert seen == [False, True] and not torch.are_deterministic_algorithms_enabled()
     assert losses(tmp_path / "model") == losses(plain / "model")
-
-
-ATTRIBUTE_TARGETS = {"enabled": True, "lead_fraction": 0.4, "per_micro_batch": 2, "weight": 2.0}  # 3 of 8 steps
-
-
-def test_attribute_targets_lead_then_ride_along_and_resume_exactly(tmp_path):
-    make_generated(tmp_path, n_train=20)
-    make_manifest(tmp_path, n_train=20)
-    full = tmp_path / "full"
-    full.mkdir()
-    for name in ("generated", "manifests"):
-        (full / name).symlink_to(tmp_path / name)
-    models = []
-
-    def recording(params):
-        models.append(factory(params))
-        return models[-1]
-
-    summary = run_train(tiny_params(full, attribute_targets=ATTRIBUTE_TARGETS, save_every=1), recording)
-    assert summary["attribute_records"] == 40  # 20 gender-labelled train clips x 2 question orders
-    kinds = []
-    for responses, n_tokens, weights in models[0].seen:
-        attr = [r in ("Female.", "Male.") for r in responses]
-        if not any(attr):
-            kinds.append("val")  # validation: the self-generated valid split only, plain token mean
-            assert weights is None
-        elif all(attr):
-            kinds.append("lead")  # one group: plain token mean
-            assert weights is None and len(responses) == 4
-        else:
-            kinds.append("mixed")
-            assert attr == [False] * 4 + [True] * 2
-            # each group's rows count by the group's weight (1 and 2), whatever their token counts
-            torch.testing.assert_close(float((weights * n_tokens)[:4].sum()), 1.0)
-            torch.testing.assert_close(float((weights * n_tokens)[4:].sum()), 2.0)
-    train_kinds = [k for k in kinds if k != "val"]
-    assert train_kinds == ["lead"] * 6 + ["mixed"] * 10  # 3 lead steps of 2 micro-batches, then 5 steps
-    assert kinds[:4] == ["val"] * 4, "step-0 validation runs before the lead steps"
-
-    # interrupted inside the lead steps and again after them: the same losses as the uninterrupted run
-    run_train(tiny_params(tmp_path, attribute_targets=ATTRIBUTE_TARGETS, save_every=1), factory, stop_after=2)
-    run_train(tiny_params(tmp_path, attribute_targets=ATTRIBUTE_TARGETS, save_every=1), factory, stop_after=5)
-    resumed = run_train(tiny_params(tmp_path, attribute_targets=ATTRIBUTE_TARGETS, save_every=1), factory)
-    assert resumed["resumed_from"].endswith("step-00000005")
-    assert losses(tmp_path / "model") == losses(full / "model")
-
-
-def test_attribute_targets_without_metadata_or_a_self_generated_phase_fail_before_training(tmp_path):
-    make_generated(tmp_path)
-    make_manifest(tmp_path)
-    with pytest.raises(ValueError, match="no train-split clip has any of"):
-        run_train(tiny_params(tmp_path, attribute_targets={**ATTRIBUTE_TARGETS, "attributes": ["sound_class"]}),
-                  factory)
-    with pytest.raises(ParamsError, match="lead_fraction: .*less than 1"):
-        tiny_params(tmp_path, attribute_targets={**ATTRIBUTE_TARGETS, "lead_fraction": 1.0})
-    assert not (tmp_path / "model").exists()

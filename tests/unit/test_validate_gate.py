@@ -39,7 +39,8 @@ def build(root: Path, n: int = 24, **broken) -> dict:
             cat = cats[len(records) % len(cats)]
             rec = build_record(clip, 0, "[00:00-00:01] hello (Duration: 1s)", prompts[cat],
                                f"{RESPONSES[i % len(RESPONSES)]} ({i})",
-                               {"generator": "x", "generator_hash": "sha256:0", "gen_params": {}, "seed": 0})
+                               {"generator": "x", "generator_hash": "sha256:0", "gen_params": {}, "seed": 0,
+                                "target_source": "llm"})
             records.append(rec)
     for fn in broken.values():
         fn(clips, records)
@@ -92,7 +93,12 @@ def _bad_record(clips, records):
     records[2]["split"] = "test"
 
 
+def _unknown_source(clips, records):
+    records[0]["target_source"] = "human"
+
+
 @pytest.mark.parametrize("breaker, expected", [
+    (_unknown_source, ("generated", "expect_column_values_to_be_in_set", "target_source")),
     (_dup_id, ("generated", "expect_column_values_to_be_unique", "id")),
     (_missing_audio, ("manifest", "expect_column_values_to_be_in_set", "audio_exists")),
     (_leaks, ("generated", "expect_column_values_to_not_match_regex_list", "response")),

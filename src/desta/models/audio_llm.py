@@ -323,33 +323,23 @@ class DeSTA25AudioModel(nn.Module):
         return embeds.index_put((rows, cols), queries.to(embeds.dtype))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None,
-                loss_only: bool = False, label_weights: torch.Tensor | None = None,
-                **audio: torch.Tensor) -> CausalLMOutputWithPast:
+                loss_only: bool = False, **audio: torch.Tensor) -> CausalLMOutputWithPast:
         """Teacher-forced pass; `.loss` = mean cross-entropy over label tokens (labels != -100), `.logits` [b, t, V].
 
         loss_only (training): the LM head runs only where a label follows, not over the vocabulary at every position
-        (the head is a fifth of a 135M LLM's FLOPs and most positions are prompt); `.logits` is then None.
-        label_weights [b]: the loss is the mean weighted by each row's weight instead (train.attribute_targets)."""
+        (the head is a fifth of a 135M LLM's FLOPs and most positions are prompt); `.logits` is then None."""
         embeds = self._embed(input_ids, **audio)
         mask = attention_mask.to(self.device)
-        if labels is None or not (loss_only or label_weights is not None):
+        if labels is None or not loss_only:
             out = self.language_model(inputs_embeds=embeds, attention_mask=mask,
                                       labels=None if labels is None else labels.to(self.device))
             return CausalLMOutputWithPast(loss=out.loss, logits=out.logits)
         targets = labels.to(self.device)[:, 1:]
         keep = targets != -100
-        if loss_only:
-            hidden = self.language_model.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-            logits, full = self.language_model.get_output_embeddings()(hidden[:, :-1][keep]), None
-        else:
-            full = self.language_model(inputs_embeds=embeds, attention_mask=mask).logits
-            logits = full[:, :-1][keep]
-        if label_weights is None:
-            loss = nn.functional.cross_entropy(logits.float(), targets[keep])
-        else:
-            w = label_weights.to(self.device, torch.float32)[:, None].expand_as(targets)[keep]
-            loss = (nn.functional.cross_entropy(logits.float(), targets[keep], reduction="none") * w).sum() / w.sum()
-        return CausalLMOutputWithPast(loss=loss, logits=full)
+        hidden = self.language_model.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        logits = self.language_model.get_output_embeddings()(hidden[:, :-1][keep])
+        loss = nn.functional.cross_entropy(logits.float(), targets[keep])
+        return CausalLMOutputWithPast(loss=loss, logits=None)
 
     # ------------------------------------------------------------------------------------------------ generate
     @torch.no_grad()

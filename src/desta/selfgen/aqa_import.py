@@ -85,7 +85,7 @@ def _records(files: list[Path], data_root: Path | None, params: Params) -> Itera
     seen: dict[str, int] = {}
     for path in files:
         prov = {"generator": RELEASED_GENERATOR, "generator_hash": file_sha256(path),
-                "gen_params": {"imported_from": path.name}, "seed": 0}
+                "gen_params": {"imported_from": path.name}, "seed": 0, "target_source": "llm"}
         for n, row in enumerate(iter_jsonl(path), 1):
             rel = str(row.get("id", ""))
             audio = str(data_root / rel) if data_root else rel

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from desta.config import GenerateConfig
+from desta.describe import strip_description_echo
 from desta.records import PARTIAL_SUFFIX, rejected_path, shard_path, write_state
-from desta.selfgen.describe import strip_description_echo
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +158,13 @@ class VLLMEngine:
 # ------------------------------------------------------------------------------------------------- the shard runner
 @dataclass(frozen=True)
 class Job:
-    """One request: record id, the generator's chat messages, and the finished record minus its response."""
+    """One request: record id, the generator's chat messages, and the finished record minus its response; `fixed`
+    jobs (templated targets) already carry their response and never reach the engine."""
 
     id: str
     messages: list[dict[str, Any]]
     record: dict[str, Any]
+    fixed: bool = False
 
 
 Report = Callable[[str, int, int], None]  # (event "batch"|"shard", a, b): batch -> (records, tokens); shard -> (i, n)
@@ -229,16 +231,19 @@ def write_final_shard(out: Path, index: int, records: list[dict]) -> None:
     tmp.replace(final)
 
 
-def process_shard(engine: HFEngine | VLLMEngine, index: int, jobs: list[Job], out: Path, seed: int,
+def process_shard(engine: HFEngine | VLLMEngine | None, index: int, jobs: list[Job], out: Path, seed: int,
                   report: Report, strip_echo: bool = False) -> int:
     """Generate one shard: append each finished batch to the .partial file (flushed + fsynced), then write the
     shard in plan order (tmp + rename) and drop the .partial. `strip_echo` removes recited seed-description
     pieces from responses (describe.strip_description_echo). Returns the record count."""
     partial = partial_path(out, index)
     done = resume_partial(partial, {j.id for j in jobs})
+    done |= {j.id: j.record for j in jobs if j.fixed}
     todo = [j for j in jobs if j.id not in done]
+    if todo and engine is None:
+        raise RuntimeError(f"shard {index}: {len(todo)} record(s) need the generator but no engine was loaded")
     with partial.open("a", encoding="utf-8") as fh:
-        for batch in engine.generate([j.messages for j in todo], seed * 1_000_003 + index):
+        for batch in engine.generate([j.messages for j in todo], seed * 1_000_003 + index) if todo else ():
             lines = []
             for o in batch:
                 rec = dict(todo[o.index].record)
@@ -305,7 +310,10 @@ def run_shards(cfg: GenerateConfig, model_dir: str, jobs: dict[int, list[Job]], 
     try:
         if not jobs:
             return {"records": 0, "tokens": 0}
-        if cfg.workers == 1:
+        if all(j.fixed for js in jobs.values() for j in js):  # templated targets only: no LLM to load
+            for index in sorted(jobs):
+                process_shard(None, index, jobs[index], out, cfg.seed, report)
+        elif cfg.workers == 1:
             engine = load_engine(cfg, model_dir, 0, n_gpus)
             for index in sorted(jobs):
                 process_shard(engine, index, jobs[index], out, cfg.seed, report, cfg.strip_echo)

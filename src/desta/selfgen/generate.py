@@ -21,6 +21,7 @@ from typing import Any
 from desta.config import Params
 from desta.conversation import generator_messages
 from desta.data.manifest import Clip, iter_clips
+from desta.describe import seed_description
 from desta.records import (
     PARTIAL_SUFFIX,
     REJECTED_GLOB,
@@ -30,28 +31,36 @@ from desta.records import (
     shard_path,
     write_state,
 )
-from desta.selfgen.describe import seed_description
+from desta.selfgen import templated
 from desta.selfgen.engine import Job, run_shards
 from desta.selfgen.prompts import Prompt, check_category_weights, load_pool, sample_prompts
+from desta.selfgen.templated import TemplatedPrompt
 
 log = logging.getLogger(__name__)
 
-RECORD_FORMAT = 1  # bump when build_record changes: existing shards become stale
+RECORD_FORMAT = 2  # bump when build_record changes: existing shards become stale (2: target_source)
 WALL_CLOCK_KEYS = ("seconds", "tokens_per_s")  # summary keys that vary from run to run
+LLM_SOURCE = "llm"  # a record's `target_source` when generate.generator (the backbone, by default) wrote it
 
 
 @dataclass(frozen=True)
 class Item:
-    """One (clip, prompt) to answer; k is the prompt's index for this clip (record id `<clip_id>#<k>`)."""
+    """One (clip, prompt) record to write; k is its index for this clip (record id `<clip_id>#<k>`: k = 0, 1, ...
+    for the LLM's targets, "t0", "t1", ... for templated ones). `answer` is set when no LLM writes the target."""
 
     clip: Clip
-    k: int
-    prompt: Prompt
+    k: int | str
+    prompt: Prompt | TemplatedPrompt
     seed_description: str
+    answer: str | None = None
 
     @property
     def id(self) -> str:
         return f"{self.clip.id}#{self.k}"
+
+    @property
+    def target_source(self) -> str:
+        return LLM_SOURCE if self.answer is None else templated.SOURCE
 
 
 class GeneratorMismatch(RuntimeError):
@@ -90,8 +99,15 @@ def plan(params: Params) -> list[Item]:
     items = []
     for clip in clips:
         desc = seed_description(clip)
-        items += [Item(clip, k, p, desc) for k, p in enumerate(sample_prompts(pool, clip, g.prompts_per_clip, g.seed,
-                                                                                  g.category_weights))]
+        if LLM_SOURCE in g.target_sources:
+            items += [Item(clip, k, p, desc) for k, p in enumerate(sample_prompts(pool, clip, g.prompts_per_clip,
+                                                                                      g.seed, g.category_weights))]
+        if templated.SOURCE in g.target_sources:
+            items += [Item(clip, f"t{k}", p, desc, answer) for k, (p, answer) in
+                      enumerate(templated.targets(clip, g.prompts_per_clip, g.seed))]
+    if not items:
+        raise ValueError(f"{params.paths.manifests}: no clip of splits {g.splits} has a target from "
+                         f"generate.target_sources={g.target_sources} (templated targets need labelled metadata)")
     return items
 
 
@@ -115,7 +131,8 @@ def fingerprint(prov: dict[str, Any], shards: list[list[Item]]) -> str:
     h = hashlib.sha256(json.dumps({"prov": prov, "format": RECORD_FORMAT}, sort_keys=True).encode())
     for shard in shards:
         for it in shard:
-            h.update(f"{it.id}\t{it.prompt.id}\t{it.clip.split}\t{it.clip.audio}\t{it.seed_description}\n".encode())
+            h.update(f"{it.id}\t{it.prompt.id}\t{it.clip.split}\t{it.clip.audio}\t{it.seed_description}\t"
+                     f"{it.answer}\n".encode())
         h.update(b"\x00")
     return h.hexdigest()
 
@@ -126,9 +143,14 @@ def messages_for(item: Item, system_prompt: str) -> list[dict[str, str]]:
 
 
 def job_for(item: Item, prov: dict[str, Any], system_prompt: str) -> Job:
-    """What a worker needs: the id, the generator's chat, and the record with its response still empty."""
+    """What a worker needs: the id, the generator's chat, and the record with its response still empty (a templated
+    item's record is complete: its job is `fixed` and never reaches the LLM)."""
+    if item.answer is not None:
+        rec = build_record(item.clip, item.k, item.seed_description, item.prompt, item.answer,
+                           templated.provenance(prov["seed"]))
+        return Job(item.id, [], rec | {"target_source": item.target_source}, fixed=True)
     stub = build_record(item.clip, item.k, item.seed_description, item.prompt, "", prov)
-    return Job(item.id, messages_for(item, system_prompt), stub)
+    return Job(item.id, messages_for(item, system_prompt), stub | {"target_source": item.target_source})
 
 
 def _prepare_out_dir(out: Path, fp: str, n_shards: int) -> dict[str, Any]:

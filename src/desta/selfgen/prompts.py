@@ -9,8 +9,8 @@ from __future__ import annotations
 import random
 
 from desta.data.manifest import Clip
+from desta.describe import has_speech_text
 from desta.prompt_pool import Prompt, PromptPool, labelled, load_pool  # noqa: F401 (load_pool: for generate)
-from desta.selfgen.describe import has_speech_text
 
 NEEDS_SPEECH_TEXT = {"transcription"}  # categories that only make sense when the clip has words
 

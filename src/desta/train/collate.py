@@ -5,14 +5,12 @@ on the response tokens only. Runs inside DataLoader worker processes.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from desta.data.audio import AudioError
-from desta.train.data import MAIN_GROUP
 from desta.train.features import row_keys
 
 BuildInputs = Callable[[list[list[dict[str, Any]]], list[str]], dict[str, Any]]
@@ -26,9 +24,8 @@ class Collator:
     chat template, computes Whisper log-mel features from the preloaded "array" of each audio entry and masks every
     label that is not a response token with -100. `n_tokens` counts the LLM positions that are not padding."""
 
-    def __init__(self, build_inputs: BuildInputs, group_weights: dict[str, float] | None = None):
+    def __init__(self, build_inputs: BuildInputs):
         self.build_inputs = build_inputs
-        self.group_weights = group_weights or {}
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         good = [it for it in items if "error" not in it]
@@ -53,20 +50,7 @@ class Collator:
         out["n_tokens"] = count_tokens(inputs)
         labels = inputs.get("labels")
         out["n_label_tokens"] = int((labels != IGNORE_INDEX).sum()) if torch.is_tensor(labels) else 0
-        groups = [it.get("group", MAIN_GROUP) for it in good]
-        if len(set(groups)) > 1 and torch.is_tensor(labels):
-            inputs["label_weights"] = group_label_weights(labels, groups, self.group_weights)
         return out
-
-
-def group_label_weights(labels: torch.Tensor, groups: list[str], weights: dict[str, float]) -> torch.Tensor:
-    """Per-row weight of each label token [b] such that the weighted token mean the model computes equals
-    sum_g weights[g] * (group g's own token-mean loss) / sum_g weights[g] (a missing group weighs 1): each group
-    counts by its weight, not by how many response tokens its rows happen to have."""
-    totals: Counter[str] = Counter()
-    for g, n in zip(groups, (labels != IGNORE_INDEX).sum(dim=1).tolist(), strict=True):
-        totals[g] += n
-    return torch.tensor([weights.get(g, 1.0) / max(totals[g], 1.0) for g in groups], dtype=torch.float32)
 
 
 def count_tokens(inputs: dict[str, Any]) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,6 @@ from desta.records import read_records
 
 log = logging.getLogger(__name__)
 
-MAIN_GROUP = "main"  # an item's `group` unless its record says otherwise (attribute targets: desta/train/attributes.py)
 AUDIO_TOKENS_ESTIMATE = 64  # per clip: the connector's prompt_size; only used to sort by length
 
 
@@ -52,7 +51,7 @@ def length_estimate(rec: dict[str, Any]) -> int:
 
 class GeneratedDataset(Dataset):
     """Item i -> {"id", "messages" (audio entries carry "array": float32 [t] at 16 kHz), "response", "length",
-    "group" (the record's `group`, else "main")};
+};
     or {"id", "error": reason, "path"} when a clip cannot be decoded (dropped and counted by the collator)."""
 
     def __init__(self, records: list[dict[str, Any]], audio_root: str | Path | None = None, where: str = ""):
@@ -80,8 +79,7 @@ class GeneratedDataset(Dataset):
                     a["array"] = load_audio(self.resolve(a["audio"]))
         except AudioError as err:
             return {"id": rec.get("id"), "error": err.reason, "path": err.path}
-        return {"id": rec.get("id"), "messages": messages, "response": rec["response"], "length": self.lengths[i],
-                "group": rec.get("group", MAIN_GROUP)}
+        return {"id": rec.get("id"), "messages": messages, "response": rec["response"], "length": self.lengths[i]}
 
 
 class BucketBatchSampler(Sampler[list[int]]):
@@ -123,27 +121,3 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return max(0, len(self.epoch_batches()) - self.start)
-
-
-class WithExtraRecords(Sampler[list[int]]):
-    """Every batch of `base` plus `k` indices into a second record list placed after the base records (a
-    ConcatDataset of the two), drawn by `pick(n_extra, k, seed, rank, epoch, batch)`: like the base sampler a pure
-    function of (seed, epoch), so a resumed run (set_epoch with `start`) sees the same batches."""
-
-    def __init__(self, base: BucketBatchSampler, n_base: int, n_extra: int, k: int,
-                 pick: Callable[..., list[int]]):
-        self.base, self.n_base, self.n_extra, self.k, self.pick = base, n_base, n_extra, k, pick
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.base.set_epoch(epoch, start)
-
-    def epoch_batches(self) -> list[list[int]]:
-        b = self.base
-        return [batch + [self.n_base + i for i in self.pick(self.n_extra, self.k, b.seed, b.rank, b.epoch, j)]
-                for j, batch in enumerate(b.epoch_batches())]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        yield from self.epoch_batches()[self.base.start:]
-
-    def __len__(self) -> int:
-        return len(self.base)

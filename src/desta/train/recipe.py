@@ -16,7 +16,6 @@ import math
 import os
 import random
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,13 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from desta.config import Params
-from desta.train import attributes
 from desta.train import checkpoint as ckpt
 from desta.train.collate import Collator, to_device
-from desta.train.data import BucketBatchSampler, GeneratedDataset, WithExtraRecords, length_estimate, read_generated
+from desta.train.data import BucketBatchSampler, GeneratedDataset, length_estimate, read_generated
 from desta.train.deepspeed import DeepSpeedEngine, Engine, build_engine
 from desta.train.features import EncoderCache, fill_transcripts, supports_cache
 
@@ -110,14 +108,7 @@ class Recipe:
             raise ValueError(f"{self.params.paths.generated}: {len(self.train_ds)} train records are fewer than one "
                              f"micro-batch ({self.cfg.micro_batch_size} x {self.engine.world_size} ranks); lower "
                              "train.micro_batch_size or generate more data")
-        at = self.cfg.attribute_targets
-        self.collate = Collator(self.engine.module.build_inputs, {attributes.GROUP: at.weight})
-        self.train_source: Dataset = self.train_ds
-        self.train_batches: BucketBatchSampler | WithExtraRecords = self.sampler
-        if self.attr_ds is not None and at.per_micro_batch:
-            self.train_source = ConcatDataset([self.train_ds, self.attr_ds])
-            self.train_batches = WithExtraRecords(self.sampler, len(self.train_ds), len(self.attr_ds),
-                                                  at.per_micro_batch, attributes.pick)
+        self.collate = Collator(self.engine.module.build_inputs)
         self.meta = {"settings": ckpt.trajectory_settings(self.params.model_dump(mode="json"), self.fingerprint),
                      "model_hashes": {"frozen": ckpt.tensor_fingerprint(self.engine.module)},
                      "world_size": self.engine.world_size, "strategy": self.cfg.strategy}
@@ -127,29 +118,20 @@ class Recipe:
                      f"{self.counts['trainable']:,}", f"{self.counts['frozen']:,}",
                      100 * self.counts["trainable"] / max(1, self.counts["total"]), len(self.train_ds),
                      len(self.valid_ds) if self.valid_ds else 0, self.device)
-            if self.attr_ds is not None:
-                by_attr = Counter(r["attribute"] for r in self.attr_ds.records)
-                log.info("attribute targets: %s train records; %d lead steps, then %d per micro-batch at weight %g",
-                         ", ".join(f"{n} {a}" for a, n in by_attr.items()), at.lead_steps(self.cfg.max_steps),
-                         at.per_micro_batch, at.weight)
 
     def load_data(self) -> tuple[GeneratedDataset, GeneratedDataset | None]:
         gen = self.params.paths.generated
         train = read_generated(gen, ["train"])
         valid = read_generated(gen, ["valid"])
-        at = self.cfg.attribute_targets
-        extra = (attributes.attribute_records(self.params.paths.manifests, at.attributes, orders=at.orders)
-                 if at.enabled else [])
         too_long = [r for r in train if length_estimate(r) > self.cfg.max_seq_len]
         if too_long:
             log.warning("%d train records exceed train.max_seq_len=%d (estimated tokens); they are skipped",
                         len(too_long), self.cfg.max_seq_len)
             train = [r for r in train if length_estimate(r) <= self.cfg.max_seq_len]
-        self.fingerprint = ckpt.settings_hash([r.get("id") for r in train + extra] + [len(train), len(valid)])
+        self.fingerprint = ckpt.settings_hash([r.get("id") for r in train] + [len(train), len(valid)])
         if self.cache is not None:
-            fill_transcripts(self.engine.module, train + valid + extra, self.ckpt_root / "asr_cache.json",
+            fill_transcripts(self.engine.module, train + valid, self.ckpt_root / "asr_cache.json",
                              write=self.engine.is_main)
-        self.attr_ds = GeneratedDataset(extra, where=self.params.paths.manifests) if extra else None
         if not valid:
             log.warning("%s: no records with split 'valid'; validation loss is not computed", gen)
         return (GeneratedDataset(train, where=gen),
@@ -167,7 +149,7 @@ class Recipe:
             raise AssertionError(f"optimizer holds {len(in_opt)} tensors but the model has {len(trainable)} trainable")
 
     # ------------------------------------------------------------------------------------------------- data
-    def loader(self, ds: Dataset, sampler: BucketBatchSampler | WithExtraRecords) -> DataLoader:
+    def loader(self, ds: Dataset, sampler: BucketBatchSampler) -> DataLoader:
         workers = self.cfg.num_workers
         return DataLoader(ds, batch_sampler=sampler, collate_fn=self.collate, num_workers=workers,
                           generator=torch.Generator().manual_seed(self.cfg.seed),
@@ -176,8 +158,8 @@ class Recipe:
     def micro_batches(self) -> Iterator[dict[str, Any]]:
         """Endless stream over epochs, starting at the saved data position; state.epoch/batch_in_epoch advance."""
         while True:
-            self.train_batches.set_epoch(self.state.epoch, start=self.state.batch_in_epoch)
-            for batch in self.loader(self.train_source, self.train_batches):
+            self.sampler.set_epoch(self.state.epoch, start=self.state.batch_in_epoch)
+            for batch in self.loader(self.train_ds, self.sampler):
                 self.state.batch_in_epoch += 1
                 self.count_skipped(batch)
                 if batch["n_samples"]:
@@ -197,9 +179,8 @@ class Recipe:
         eng.module.train()
         while st.step < cfg.max_steps:
             t0, losses, samples, tokens = time.perf_counter(), [], 0, 0
-            lead = self.attr_ds is not None and st.step < cfg.attribute_targets.lead_steps(cfg.max_steps)
-            for micro in range(cfg.grad_accum):
-                batch = self.lead_batch(st.step, micro) if lead else next(batches)
+            for _ in range(cfg.grad_accum):
+                batch = next(batches)
                 loss = eng.forward(self.inputs(batch))
                 eng.backward(loss)
                 losses.append(float(loss.detach()))
@@ -231,18 +212,6 @@ class Recipe:
         if batch["n_skipped"]:
             self.state.skipped_clips += batch["n_skipped"]
             log.warning("skipped %d corrupt clip(s): %s", batch["n_skipped"], "; ".join(batch["skipped"]))
-
-    def lead_batch(self, step: int, micro: int) -> dict[str, Any]:
-        """A micro-batch of attribute-target records only (train.attribute_targets.lead_fraction), drawn as a pure
-        function of (seed, rank, step, micro); the self-generated stream's position does not move."""
-        ds = self.attr_ds
-        idx = attributes.pick(len(ds), self.cfg.micro_batch_size, self.cfg.seed, self.engine.rank, "lead", step, micro)
-        batch = self.collate([ds[i] for i in idx])
-        self.count_skipped(batch)
-        if not batch["n_samples"]:
-            raise ValueError(f"{self.params.paths.manifests}: every clip of an attribute-target micro-batch failed "
-                             f"to load ({'; '.join(batch['skipped'])}); run `desta prepare` again")
-        return batch
 
     def inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         """The model's tensors on the device; with the feature cache, `audio_hidden` replaces `input_features`."""
@@ -362,7 +331,6 @@ class Recipe:
                 "strategy": self.cfg.strategy, "world_size": self.engine.world_size,
                 "checkpoint_dir": str(self.ckpt_root), "model_dir": self.params.paths.model,
                 "feature_cache_mb": round(self.cache.nbytes() / 2**20, 1) if self.cache is not None else None,
-                "attribute_records": len(self.attr_ds) if self.attr_ds is not None else 0,
                 "resumed_from": self.resumed_from}
 
     def cleanup(self) -> None:

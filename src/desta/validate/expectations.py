@@ -29,6 +29,7 @@ LEAK_PATTERNS = [
     r"\bDuration: \d+(?:\.\d)?s\b",
 ]
 MANIFEST_DERIVED = ["audio_exists", "content_splits"]
+TARGET_SOURCES = ("llm", "templated")  # generate.target_sources
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,9 @@ def generated_checks(params: Params, imported: bool, categories: list[str]) -> l
                gxe.ExpectColumnValuesToBeInSet(column="in_manifest", value_set=[True])),
             _c("a record whose split differs from its clip's manifest split leaks test audio into training",
                gxe.ExpectColumnValuesToBeInSet(column="split_matches", value_set=[True])),
+            _c("a record whose target source is unknown cannot be told apart from the backbone's own targets "
+               "(the paper's method, and the ablation, rest on knowing who wrote each target)",
+               gxe.ExpectColumnValuesToBeInSet(column="target_source", value_set=list(TARGET_SOURCES))),
             _w("a prompt category never sampled: the instruction pool is not being covered",
                gxe.ExpectColumnDistinctValuesToContainSet(column="prompt_category", value_set=categories)),
         ]

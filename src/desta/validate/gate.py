@@ -25,7 +25,8 @@ from desta.validate.expectations import CRITICAL, Check, category_checks, genera
 
 log = logging.getLogger(__name__)
 
-GENERATED_COLUMNS = [*REQUIRED_FIELDS, "clip_id", "audio", "split", "domain", "prompt_id", "prompt_category"]
+GENERATED_COLUMNS = [*REQUIRED_FIELDS, "clip_id", "audio", "split", "domain", "prompt_id", "prompt_category",
+                     "target_source"]
 
 
 class ValidationFailed(RuntimeError):
@@ -171,7 +172,8 @@ def _subjects(params: Params) -> list[tuple[str, pd.DataFrame, list[Check]]]:
             raise
         log.warning("validate: no generated set in %s; validating the manifests only", params.paths.generated)
         return subjects
-    expected = expected_categories(load_pool(), manifest, set(generated["domain"].dropna()))
+    llm = generated[generated["target_source"] != "templated"]  # templated targets do not draw from the pool
+    expected = expected_categories(load_pool(), manifest, set(llm["domain"].dropna()))
     subjects.append(("generated", generated, generated_checks(params, _imported(params), expected)))
     if not _imported(params):
         subjects.append(("categories", category_frame(generated), category_checks(params)))

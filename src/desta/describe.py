@@ -1,6 +1,8 @@
 """Seed descriptions: a clip's metadata rendered as the text the backbone LLM "hears" (the DeSTA paper's format).
 
-Used by `desta generate`. Format, one line per timestamped segment:
+Used by `desta generate` (the generator reads it in place of the audio) and `desta evaluate` (the backbone answers
+the held-out instruction-following items from it, the reference of the forgetting rate). Format, one line per
+timestamped segment:
     [mm:ss-mm:ss] <transcript> (<Attribute>: <value>, ..., Duration: Ns)
 e.g. `[00:00-00:02] Excuse me? (Emotion: Neutral, Gender: Female, Pitch: Very high, Duration: 2s)`.
 Clips without speech (sound, music, speechless speech clips) get the attribute part only. Attribute order and the
