@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 from fixtures_s3 import s3_server  # noqa: F401  (pytest fixture re-exported for every test)
@@ -23,9 +24,13 @@ _PREFECT_HOME = pytest.StashKey[str]()
 
 
 def pytest_configure(config) -> None:
-    """Before any test module is imported: never reach the network, keep Prefect's state out of ~/.prefect."""
+    """Before any test module is imported: never reach the network, keep Prefect's state out of ~/.prefect, and
+    make subprocesses (`python -m desta ...`, `desta`, `dvc repro`) import this checkout's src/ first."""
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    if os.environ.get("PYTHONPATH", "").split(os.pathsep)[0] != src:
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
     if "PREFECT_HOME" not in os.environ:
         home = tempfile.mkdtemp(prefix="desta-prefect-home-")
         os.environ["PREFECT_HOME"] = home
