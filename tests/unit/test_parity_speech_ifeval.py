@@ -216,3 +216,16 @@ def test_old_flat_layout_and_missing_fields_fail_with_the_fix(tmp_path):
     bad.write_text(json.dumps({"id": 1, "audio_filepath": "x.wav", "textual_audio": "t", "instruction": "i"}) + "\n")
     with pytest.raises(BenchmarkFilesError, match=r"creative_writing.jsonl:1: missing field\(s\) instruction_id_list"):
         SpeechIFEvalTask(tmp_path).check_files()
+
+
+def test_missing_release_stops_the_run_before_any_judge_or_model(tmp_path, monkeypatch):
+    from desta.config import load_params
+    from desta.evaluate import judge, run
+
+    monkeypatch.setattr(judge, "make_judge", lambda params: pytest.fail("the judge was built before the files"))
+    monkeypatch.setattr(run, "load_model", lambda params: pytest.fail("a model loaded before the files were checked"))
+    params = load_params(Path(__file__).resolve().parents[2] / "params.yaml",
+                         [f"paths.benchmarks_root={tmp_path}", f"paths.eval={tmp_path / 'eval'}",
+                          "evaluate.tasks=[speech_ifeval]"])
+    with pytest.raises(BenchmarkFilesError, match=r"speech_ifeval/eval_data/closed_ended_questions.jsonl: missing"):
+        run.run_evaluate(params)
