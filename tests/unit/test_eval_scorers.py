@@ -75,37 +75,6 @@ def test_wer_known_values():
         scorers.wer(["..."], ["x"])
 
 
-def test_refusal_detection():
-    assert scorers.is_refusal("I'm sorry, but I can't help with that.")
-    assert scorers.is_refusal("I’m sorry, I cannot do this")  # typographic apostrophe
-    assert scorers.is_refusal("   ")  # empty counts as refusal
-    assert not scorers.is_refusal("Sure! First, take a tension wrench and insert it.")
-
-
-@pytest.mark.parametrize(("response", "expected"), [
-    ("The answer is B.", "B"),
-    ("Answer: (C) water", "C"),
-    ("C. water is what plants need", "C"),
-    ("I would choose option D", "D"),
-    ("Plants need water to grow.", "C"),  # falls back to the one option text present
-    ("I am not sure.", None),
-])
-def test_extract_choice(response, expected):
-    options = {"A": "darkness", "B": "plastic", "C": "water", "D": "sand"}
-    assert scorers.extract_choice(response, options) == expected
-
-
-@pytest.mark.parametrize(("response", "reference", "expected"), [
-    ("No, that is not plausible.", "no", "no"),
-    ("Yes.", "yes", "yes"),
-    ("The answer is (A).", "(A)", "(A)"),
-    ("b", "(A)", "(B)"),
-    ("Hmm, hard to say.", "no", None),
-])
-def test_extract_bbh(response, reference, expected):
-    assert scorers.extract_bbh(response, reference) == expected
-
-
 @pytest.mark.parametrize(("text", "expected"), [
     ("Explanation: picks (b).\nJudgement: correct", True),
     ("Explanation: wrong option.\nJudgement: incorrect", False),

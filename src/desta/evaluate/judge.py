@@ -20,16 +20,6 @@ from desta.evaluate.judge_client import BACKOFF_S, MAX_RETRIES, TIMEOUT_S, Endpo
 
 JudgeFn = Callable[[list[tuple[str, str]]], list[str]]
 
-REASONING_SYSTEM = (
-    "You check whether a response demonstrates reasoning behaviour: it explains its steps or evidence before or "
-    "while giving its answer. Reply with one line 'Explanation: <short reason>' and then 'Result: YES' or "
-    "'Result: NO'.")
-
-
-def reasoning_prompt(instruction: str, response: str) -> tuple[str, str]:
-    return REASONING_SYSTEM, f"Instruction: {instruction}\nResponse: {response}"
-
-
 def chat_generate_fn(model, tok, max_new_tokens: int, batch_size: int = 8) -> Callable[[list[list[dict]]], list[str]]:
     """Greedy, batched (left-padded) chat completion with a text-only causal LM: conversations -> answers.
     Used for the local judge and for the backbone's own answers (retention, Speech-IFEval reference)."""

@@ -51,6 +51,10 @@ class Task:
     group_key: str | None = None
     choice_scoring: bool = False  # multiple-choice items also answered by option likelihood (run_task choosers)
 
+    def check_files(self) -> None:
+        """Raise (naming the file, the field and the fix) if the task's input files are missing or malformed; run for
+        every task before any model loads. Default: nothing to check."""
+
     def items(self) -> list[Item]:
         raise NotImplementedError
 

@@ -46,7 +46,7 @@ def build_tasks(params: Params, judge_fn=None) -> list[Task]:
         elif name == "voicebench":
             from desta.evaluate.tasks.voicebench import VoiceBenchTask
 
-            tasks.append(VoiceBenchTask(root, cfg.voicebench_subsets))
+            tasks.append(VoiceBenchTask(root, cfg.voicebench_subsets, cfg.seed))
         elif name == "speech_ifeval":
             from desta.evaluate.tasks.speech_ifeval import SpeechIFEvalTask
 
@@ -173,12 +173,15 @@ def summary_table(metrics: dict[str, float]) -> str:
 
 def run_evaluate(params: Params) -> dict[str, Any]:
     cfg, out_dir = params.evaluate, Path(params.paths.eval)
-    judge_fn = None
-    if any(t in JUDGED for t in cfg.tasks):
+    judge: list = []  # filled below, once the released files are known to be complete
+    judge_fn = (lambda prompts: judge[0](prompts)) if any(t in JUDGED for t in cfg.tasks) else None
+    tasks = build_tasks(params, judge_fn)
+    for task in tasks:
+        task.check_files()  # a missing or malformed benchmark file stops the run before any model loads
+    if judge_fn is not None:
         from desta.evaluate.judge import make_judge
 
-        judge_fn = make_judge(params)
-    tasks = build_tasks(params, judge_fn)
+        judge.append(make_judge(params))
     gens, choosers = make_runners(params)
     metrics: dict[str, float] = {}
     records: dict[str, list[dict]] = {}
