@@ -119,13 +119,27 @@ def test_heldout_open_questions_ask_without_options_and_score_free_answers(manif
     assert not any(i.reference["kind"] == "open" for i in HeldoutTask(manifest, open_questions=False).items())
 
 
-def test_heldout_instruction_items_use_ifeval(manifest):
-    task = HeldoutTask(manifest, max_per_attribute=1, n_asr=0, n_ifeval=4)
-    metrics, records = run_task(task, {"model": lambda convs: ["all lowercase words here, nothing else at all."]
-                                       * len(convs)})
-    follow = [r["followed"] for r in records if r["reference"]["kind"] == "ifeval"]
-    assert len(follow) == 4 and follow[0] == 1.0  # the first constraint is english_lowercase
+def test_heldout_instruction_following_of_the_model_and_its_backbone(manifest):
+    """Each instruction is answered by the audio model from the audio and by the backbone from the clip's seed
+    description (the generator's own layout): both rates and the forgetting rate (Speech-IFEval's Δ)."""
+    task = HeldoutTask(manifest, max_per_attribute=1, n_asr=0, n_ifeval=4, generator_system="Be brief.")
+    items = [i for i in task.items() if i.reference["kind"] == "ifeval"]
+    model_items = [i for i in items if i.runner == "model"]
+    backbone_items = [i for i in items if i.runner == "backbone"]
+    assert len(model_items) == len(backbone_items) == 4
+    text = backbone_items[0].conversation
+    assert text[0] == {"role": "system", "content": "Be brief."} and "audios" not in text[1]
+    assert text[1]["content"].startswith("[00:00-") and text[1]["content"].endswith(
+        model_items[0].conversation[-1]["content"].split("\n\n", 1)[1])
+    lower = "all lowercase words here, nothing else at all."
+    metrics, records = run_task(task, {"model": lambda convs: [lower] * len(convs),
+                                       "backbone": lambda convs: ["ALL CAPS."] * len(convs)})
+    follow = [r["followed"] for r in records if r["reference"]["kind"] == "ifeval" and r["runner"] == "model"]
+    assert follow[0] == 1.0  # the first constraint is english_lowercase
     assert metrics["heldout/ifeval_following_rate"] == pytest.approx(sum(follow) / 4)
+    rate = metrics["heldout/backbone_ifeval_following_rate"]
+    assert 0 < rate < 1  # ALL CAPS follows english_capital only
+    assert metrics["heldout/ifeval_forgetting_rate"] == pytest.approx((sum(follow) / 4 - rate) / rate)
 
 
 def test_retention_compares_model_with_backbone():

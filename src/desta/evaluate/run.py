@@ -34,7 +34,8 @@ def build_tasks(params: Params, judge_fn=None) -> list[Task]:
             from desta.evaluate.tasks.heldout import HeldoutTask
 
             tasks.append(HeldoutTask(params.paths.manifests, cfg.seed, cfg.heldout_max_per_attribute,
-                                     cfg.heldout_asr_items, cfg.heldout_ifeval_items, cfg.heldout_open_questions))
+                                     cfg.heldout_asr_items, cfg.heldout_ifeval_items, cfg.heldout_open_questions,
+                                     params.generate.system_prompt))
         elif name == "retention":
             from desta.evaluate.tasks.retention import RetentionTask
 

@@ -12,7 +12,10 @@ Four kinds of items, built deterministically from ground-truth metadata (attribu
           value and no other option (`open_accuracy`; scorers.named_options, with "woman"/"man" for gender). Small
           backbones that cannot follow the multiple-choice format still show here what the connector carries.
   asr     "Transcribe the speech" on clips with a transcript; corpus WER (jiwer)
-  ifeval  describe the audio under one IFEval constraint (data/instructions.json); following rate
+  ifeval  describe the audio under one IFEval constraint (data/instructions.json), answered by the audio model from
+          the audio and by its own backbone from the clip's seed description as text (the layout the backbone wrote
+          the training targets in): both following rates (Speech-IFEval's checkers) and the forgetting rate
+          (model - backbone) / backbone, the paper's measure of what audio training cost the LLM
 Every accuracy also gets `<name>_p`: the exact one-sided p-value of that score under uniform guessing among the
 options (overall and per attribute).
 """
@@ -28,9 +31,12 @@ from typing import Any
 
 import numpy as np
 
+from desta.conversation import generator_messages
 from desta.data.manifest import Clip, iter_clips, read_table
-from desta.evaluate import ifeval_checks, scorers
+from desta.describe import seed_description
+from desta.evaluate import scorers
 from desta.evaluate.loop import Item, Task, slice_metrics
+from desta.evaluate.official import speech_ifeval
 from desta.evaluate.tasks.common import DESTA_SYSTEM, MCQ_SYSTEM, audio_conversation, duration_bucket, mcq_prompt
 
 
@@ -80,10 +86,12 @@ class HeldoutTask(Task):
     choice_scoring = True
 
     def __init__(self, manifest_dir: str | Path, seed: int = 0, max_per_attribute: int | None = 20,
-                 n_asr: int = 16, n_ifeval: int = 8, open_questions: bool = True):
+                 n_asr: int = 16, n_ifeval: int = 8, open_questions: bool = True,
+                 generator_system: str = "You are a helpful assistant."):
         self.manifest_dir, self.seed = Path(manifest_dir), seed
         self.max_per_attribute, self.n_asr, self.n_ifeval = max_per_attribute, n_asr, n_ifeval
         self.open_questions = open_questions
+        self.generator_system = generator_system  # generate.system_prompt: the backbone's reference answers
 
     def vocabularies(self) -> dict[str, list[str]]:
         """Every value each attribute takes anywhere in the manifest (the option pool), sorted."""
@@ -148,9 +156,12 @@ class HeldoutTask(Task):
         for k, c in enumerate(clips[: self.n_ifeval]):
             cons = spec["constraints"][k % len(spec["constraints"])]
             text = f"{spec['audio_requests'][k % len(spec['audio_requests'])]} {cons['text']}"
-            items.append(Item(f"{c.id}#if", audio_conversation(c.audio, text, DESTA_SYSTEM),
-                              {"kind": "ifeval", "instruction_id_list": [cons["id"]], "kwargs": [cons["kwargs"]],
-                               "prompt": text}, _slices(c, attribute="instruction_following")))
+            ref = {"kind": "ifeval", "instruction_id_list": [cons["id"]], "kwargs": [cons["kwargs"]], "prompt": text}
+            slices = _slices(c, attribute="instruction_following")
+            items.append(Item(f"{c.id}#if", audio_conversation(c.audio, text, DESTA_SYSTEM), ref, slices))
+            items.append(Item(f"{c.id}#if:backbone", generator_messages(seed_description(c), text,
+                                                                        self.generator_system),
+                              ref, slices, runner="backbone"))
         return items
 
     def score(self, item: Item, prediction: str) -> dict[str, Any]:
@@ -162,8 +173,8 @@ class HeldoutTask(Task):
             named = scorers.named_options(prediction, ref["options"], ALIASES.get(item.slices["attribute"]))
             return {"open_correct": float(named == [ref["answer"]]), "n_options": len(ref["options"]), "named": named}
         if ref["kind"] == "ifeval":
-            return {"followed": float(all(ifeval_checks.check(prediction, ref["instruction_id_list"], ref["kwargs"],
-                                                              ref["prompt"])))}
+            return {"followed": float(all(speech_ifeval.verdicts(prediction, ref["instruction_id_list"],
+                                                                 ref["kwargs"])))}
         return {}
 
     def aggregate(self, records: list[dict[str, Any]]) -> dict[str, float]:
@@ -188,10 +199,23 @@ class HeldoutTask(Task):
         asr = [r for r in records if r["reference"]["kind"] == "asr"]
         if asr:
             out["wer"] = scorers.wer([r["reference"]["transcript"] for r in asr], [r["prediction"] for r in asr])
-        follow = [r["followed"] for r in records if r["reference"]["kind"] == "ifeval"]
-        if follow:
-            out["ifeval_following_rate"] = scorers.mean(follow)
+        out |= _forgetting([r for r in records if r["reference"]["kind"] == "ifeval"])
         return out
+
+
+def _forgetting(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Following rates of the audio model and of its backbone on the same instructions, and the forgetting rate."""
+    model = [r["followed"] for r in records if r["runner"] == "model"]
+    backbone = [r["followed"] for r in records if r["runner"] == "backbone"]
+    out: dict[str, float] = {}
+    if model:
+        out["ifeval_following_rate"] = scorers.mean(model)
+    if backbone:
+        out["backbone_ifeval_following_rate"] = scorers.mean(backbone)
+    if model and backbone and out["backbone_ifeval_following_rate"]:
+        out["ifeval_forgetting_rate"] = scorers.forgetting_rate(out["ifeval_following_rate"],
+                                                                out["backbone_ifeval_following_rate"])
+    return out
 
 
 def _p_values(records: list[dict[str, Any]], key: str, metric: str) -> dict[str, float]:
