@@ -23,6 +23,7 @@ item in both option orders scored like `choice_accuracy` / `calibrated_choice_ac
 the mean option log-probabilities of the same item asked about 8 train clips (`train-ref`: where the answer follows
 the voice but its threshold sits on one value, this moves the threshold, using train clips only), and the open twin
 answered freely and scored like `open_accuracy` (right, clips whose answer names the first value, exact binomial p).
+Figures: research/README.md, findings 8, 10 and 11.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ named by params.yaml's `model.llm`, with no audio at all:
   question     the question alone (the backbone's prior; calibrated accuracy needs information to beat chance)
 A connector that carried everything the description says would score about the `description` / `calibrated`
 figures; an attribute whose ceiling is at chance cannot show learning with this backbone. Prints one table row per
-attribute and the mean chance level.
+attribute and the mean chance level. Figures: research/README.md, finding 4.
 """
 
 from __future__ import annotations

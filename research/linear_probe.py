@@ -8,7 +8,7 @@ written it). For every train- and test-split clip labelled with the attribute it
 of each tapped layer (mean over the clip's frames) and the connector's output (mean over its queries), fits an
 L2-regularised logistic regression (binary attributes) on the train clips and prints its accuracy on the test
 clips (unseen voices in the demo corpus). High probe accuracy with chance-level held-out answers means the
-connector carries the attribute and the frozen LLM does not yet say it.
+connector carries the attribute and the frozen LLM does not yet say it. Figures: research/README.md, finding 3.
 """
 
 from __future__ import annotations

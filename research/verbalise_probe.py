@@ -11,7 +11,7 @@ voices in the demo corpus), how often the right answer is the likelier of the tw
 its p-value against guessing. Unlike `desta train`, whose self-generated targets mention the attribute in a few
 tokens of a few records, every target token here depends on it: the figure says whether the frozen LLM can be
 steered to the attribute at all, and how fast. It is not the held-out benchmark: that asks other wordings and
-also scores free-form answers (docs/training.md, "Dense targets").
+also scores free-form answers (research/README.md, finding 5).
 """
 
 from __future__ import annotations
