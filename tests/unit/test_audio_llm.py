@@ -16,11 +16,10 @@ import pytest
 import soundfile as sf
 import torch
 from params_util import default_params
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tiny_models import tiny_tokenizer
 from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
-    PreTrainedTokenizerFast,
     WhisperConfig,
     WhisperForConditionalGeneration,
 )
@@ -31,25 +30,9 @@ from desta.models.audio_llm import CheckpointError, DeSTA25AudioModel
 from desta.models.convert_whisper import build_processor, generation_config
 from desta.models.layout import IGNORE
 
-CHATML = ("{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n'}}{% endfor %}"
-          "{% if add_generation_prompt %}{{'<|im_start|>assistant\n'}}{% endif %}")
 SR = 16000
 P = 4
 MODEL = default_params().model
-
-
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tk.train_from_iterator(["what did the speaker say", "describe the audio", "hello world, the weather is nice",
-                            "system user assistant focus on the audio clips and instructions"], trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|im_end|>",
-                                  unk_token="<|endoftext|>")
-    tok.chat_template = CHATML
-    return tok
 
 
 @pytest.fixture(scope="module")

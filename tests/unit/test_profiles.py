@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_audio_llm import tiny_tokenizer
+from tiny_models import tiny_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig, WhisperForConditionalGeneration
 
 from desta.config import params_from_dict

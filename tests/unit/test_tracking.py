@@ -43,6 +43,8 @@ def test_stage_runs_nest_under_parent_with_lineage(params, tmp_path):
     assert child.data.metrics == {"records": 3.0}
     assert child.data.tags["desta.dvc.manifests"] == "abc123.dir"
     assert [d.dataset.digest for d in child.inputs.dataset_inputs] == ["abc123.dir"]
+    assert mlflow.get_experiment(child.info.experiment_id).tags["mlflow.experimentKind"] == \
+        "custom_model_development", "the MLflow UI must open the experiment on its training runs"
 
 
 def test_disabled_tracking_is_silent(params, tmp_path):
