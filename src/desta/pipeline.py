@@ -4,6 +4,7 @@ groups every stage's MLflow run under one parent run.
     python -m desta.pipeline repro [--profile smoke] [--workdir DIR] [--force]   # dvc repro under a parent run
     python -m desta.pipeline params --profile smoke > params.smoke.yaml          # print merged params
     python -m desta.pipeline remote [--url s3://bucket/dvc]                      # DVC remote from params/env
+    python -m desta.pipeline ablation [--profile smoke] [--arms self templated mix]  # the paper's ablation
 
 DVC always reads ./params.yaml, so a profile is applied by writing the merged params into a workspace: `--workdir`
 copies the project (dvc.yaml, src/, .dvc/config, params.yaml merged with the profile) into DIR and runs there;
@@ -13,6 +14,7 @@ without it the profile is merged into ./params.yaml only after the original is s
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import subprocess
@@ -23,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from desta.config import Params, ParamsError, deep_merge, params_from_dict
+from desta.config import Params, ParamsError, deep_merge, params_from_dict, parse_overrides
 
 PROFILES_DIR = Path("infra/profiles")
 WORKSPACE_FILES = ("dvc.yaml", "pyproject.toml", ".dvcignore")  # copied with src/ and .dvc/config
@@ -150,11 +152,28 @@ def main(argv: list[str] | None = None) -> int:
     pp.add_argument("--profile", required=True)
     rm = sub.add_parser("remote", help="configure the DVC remote from pipeline.dvc_remote (+ S3 endpoint)")
     rm.add_argument("--url", default=None, help="override pipeline.dvc_remote")
+    ab = sub.add_parser("ablation", help="who writes the targets: train + evaluate each arm on the same clips "
+                                         "(desta/ablation.py)")
+    ab.add_argument("--profile", default=None, help="overlay from infra/profiles/ (e.g. smoke) or a YAML path")
+    ab.add_argument("--arms", nargs="+", default=["self", "templated", "mix"],
+                    help="self | templated | mix | other-llm (default: self templated mix)")
+    ab.add_argument("--other-llm", default=None, help="model-store reference of the other-LLM arm's generator")
+    ab.add_argument("--workdir", type=Path, default=Path("data/ablation"), help="outputs (default data/ablation)")
+    ab.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, datefmt="%H:%M:%S",
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = Path.cwd()
     try:
         if args.command == "params":
             print(yaml.safe_dump(merged_params(root / "params.yaml", args.profile, root), sort_keys=False), end="")
+            return 0
+        if args.command == "ablation":
+            from desta.ablation import run_ablation
+
+            base = deep_merge(merged_params(root / "params.yaml", args.profile, root), parse_overrides(args.overrides))
+            result = run_ablation(base, args.workdir, args.arms, args.other_llm)
+            print(yaml.safe_dump(result, sort_keys=False), end="")
             return 0
         if args.command == "remote":
             from desta.config import load_params
@@ -167,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.profile:
             _apply_in_place(root, args.profile)
         result = repro(workdir, force=args.force, stages=args.stages)
-    except (ParamsError, RuntimeError) as err:
+    except (ParamsError, RuntimeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(yaml.safe_dump(result, sort_keys=False), end="")
