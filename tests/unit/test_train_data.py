@@ -3,20 +3,22 @@ the deterministic resumable length-bucketed sampler, the lr schedule and the gen
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from params_util import default_params
 from test_train_fixtures import TinyAudioLM, make_generated
 
 from desta.train.collate import Collator
-from desta.train.data import BucketBatchSampler, GeneratedDataset, read_generated
+from desta.train.data import BucketBatchSampler, GeneratedDataset, RecordIndex
 from desta.train.deepspeed import build_ds_config
 from desta.train.schedule import lr_factor
 
 
 def test_records_split_and_corrupt_clip_is_skipped_and_counted(tmp_path):
     gen = make_generated(tmp_path, n_train=6, n_valid=2, corrupt=1)
-    train, valid = read_generated(gen, ["train"]), read_generated(gen, ["valid"])
-    assert len(train) == 6 and len(valid) == 2
+    train, valid = RecordIndex.build(gen, "train"), RecordIndex.build(gen, "valid")
+    assert len(train) == 6 and len(valid) == 2 and train.fingerprint != valid.fingerprint
     ds = GeneratedDataset(train)
     bad, good = ds[0], ds[1]
     assert bad["error"] == "unreadable" and "clip000.wav" in bad["path"]
@@ -29,20 +31,51 @@ def test_records_split_and_corrupt_clip_is_skipped_and_counted(tmp_path):
 
 
 def test_labels_cover_response_tokens_only(tmp_path):
-    ds = GeneratedDataset(read_generated(make_generated(tmp_path, n_train=2, n_valid=0), ["train"]))
+    ds = GeneratedDataset(RecordIndex.build(make_generated(tmp_path, n_train=2, n_valid=0), "train"))
     batch = Collator(TinyAudioLM().build_inputs)([ds[0], ds[1]])
     ids, labels = batch["inputs"]["input_ids"], batch["inputs"]["labels"]
     for row in range(2):
         kept = labels[row][labels[row] != -100]
-        assert bytes(kept.tolist()).decode() == ds.records[row]["response"]
+        assert bytes(kept.tolist()).decode() == ds[row]["response"]
         assert (ids[row][labels[row] != -100] == kept).all()
-    assert batch["n_label_tokens"] == sum(len(r["response"]) for r in ds.records)
+    assert batch["n_label_tokens"] == sum(len(ds[i]["response"]) for i in range(2))
 
 
-def test_bad_record_names_the_field(tmp_path):
-    rec = {"id": "x", "messages": [{"role": "user", "content": "hi"}], "response": "ok"}
-    with pytest.raises(ValueError, match=r"gen.jsonl: record 'x' has no `audios`"):
-        GeneratedDataset([rec], where="gen.jsonl")
+def test_bad_record_names_the_shard_and_the_field(tmp_path):
+    rec = {"id": "x", "split": "train", "messages": [{"role": "user", "content": "hi"}], "response": "ok"}
+    (tmp_path / "shard-00000.jsonl").write_text(json.dumps(rec) + "\n")
+    with pytest.raises(ValueError, match=r"shard-00000.jsonl: record 'x' has no `audios`"):
+        RecordIndex.build(tmp_path, "train")
+    (tmp_path / "shard-00000.jsonl").write_text("{not json\n")
+    with pytest.raises(ValueError, match=r"shard-00000.jsonl:1: not valid JSON"):
+        RecordIndex.build(tmp_path, "train")
+
+
+def test_index_holds_positions_not_records_and_reads_them_back(tmp_path):
+    """The index keeps 20 bytes per record (shard, offset, size, length estimate), whatever the record's size, and
+    reads every record back exactly; records of other splits, blank lines and over-long records are left out."""
+    gen = make_generated(tmp_path, n_train=10, n_valid=3)
+    big = {**json.loads((gen / "shard-00000.jsonl").read_text().splitlines()[0]), "id": "big",
+           "seed_description": "x" * 50_000}
+    (gen / "shard-00001.jsonl").write_text("\n" + json.dumps(big) + "\n")
+    index = RecordIndex.build(gen, "train")
+    assert len(index) == 11 and index.nbytes_held() == 20 * 11
+    rows = [json.loads(line) for p in sorted(gen.glob("shard-*.jsonl")) for line in p.read_text().splitlines()
+            if line.strip()]
+    assert [index.record(i) for i in range(len(index))] == [r for r in rows if r["split"] == "train"]
+    assert index.record(10)["seed_description"] == "x" * 50_000
+    short = RecordIndex.build(gen, "train", max_len=int(index.lengths.max()) - 1)
+    assert short.too_long >= 1 and len(short) + short.too_long == 11
+    assert RecordIndex.build(gen, "train").fingerprint == index.fingerprint
+
+
+def test_untranscribed_clips_are_listed_and_filled_in(tmp_path):
+    gen = make_generated(tmp_path, n_train=4, n_valid=0, transcript=None)
+    index = RecordIndex.build(gen, "train")
+    assert len(index.untranscribed) == 4 and all(p.endswith(".wav") for p in index.untranscribed)
+    ds = GeneratedDataset(index, {index.untranscribed[0]: "a tone"})
+    texts = [ds[i]["messages"][1]["audios"][0]["text"] for i in range(4)]
+    assert sorted(texts, key=str) == sorted(["a tone", None, None, None], key=str)
 
 
 def test_sampler_is_deterministic_bucketed_and_resumable():
@@ -63,6 +96,31 @@ def test_sampler_is_deterministic_bucketed_and_resumable():
         r.set_epoch(1)
     parts = [list(r) for r in ranks]
     assert len({len(p) for p in parts}) == 1 and not set(map(tuple, parts[0])) & set(map(tuple, parts[1]))
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_ranks_split_each_global_batch_of_one_rank_at_world_times_the_micro_batch(world):
+    """N ranks at micro-batch m see exactly the batches one rank sees at N x m, cut in N slices, so the trained
+    trajectory depends on the product only (and a resume may change N when m makes up for it)."""
+    lengths = [(i * 53) % 97 for i in range(203)]
+    one = BucketBatchSampler(lengths, batch_size=8, seed=5, pool=4)
+    ranks = [BucketBatchSampler(lengths, 8 // world, 5, pool=4, rank=r, world_size=world) for r in range(world)]
+    for s in (one, *ranks):
+        s.set_epoch(2, start=3)
+    joined = [sum(parts, []) for parts in zip(*(list(r) for r in ranks), strict=True)]
+    assert joined == list(one) and len(joined) == 203 // 8 - 3
+
+
+def test_validation_split_covers_every_record_once_and_no_rank_is_left_empty():
+    lengths = list(range(11))  # 2 ranks x 2: global batches of 4, 4, 3
+    ranks = [BucketBatchSampler(lengths, 2, 0, shuffle=False, drop_last=False, rank=r, world_size=2) for r in (0, 1)]
+    parts = [list(r) for r in ranks]
+    assert sorted(i for p in parts for b in p for i in b) == list(range(11))
+    assert [len(b) for b in parts[0]] == [2, 2, 2] and [len(b) for b in parts[1]] == [2, 2, 1]
+    lengths = list(range(9))  # 4 ranks x 2: the last global batch holds 1 record, fewer than ranks: merged
+    ranks = [BucketBatchSampler(lengths, 2, 0, shuffle=False, drop_last=False, rank=r, world_size=4) for r in range(4)]
+    parts = [list(r) for r in ranks]
+    assert all(len(p) == 1 and p[0] for p in parts) and sorted(i for p in parts for i in p[0]) == list(range(9))
 
 
 def test_schedule_warmup_then_cosine_to_floor():
