@@ -8,10 +8,13 @@ import json
 import pytest
 from params_util import default_params
 from test_train_fixtures import TinyAudioLM, make_generated
+from test_train_recipe import factory, tiny_params
 
+from desta.data.audio import load_audio
 from desta.train.collate import Collator
 from desta.train.data import BucketBatchSampler, GeneratedDataset, RecordIndex
 from desta.train.deepspeed import build_ds_config
+from desta.train.recipe import run_train
 from desta.train.schedule import lr_factor
 
 
@@ -149,3 +152,23 @@ def test_deepspeed_config_generated_from_params(stage):
     assert cpu["optimizer"]["params"]["torch_adam"] is True
 
 
+
+
+def test_s3_clips_load_at_training_time_through_the_ingestion_client(s3_server, tmp_path, monkeypatch):
+    """Records whose audio is an s3:// URI (as `desta prepare` writes for an S3 corpus) train: the dataset fetches
+    each clip with desta.data.remote's client; a missing object is a skipped clip named by its URI."""
+    for k, v in s3_server.env.items():
+        monkeypatch.setenv(k, v)
+    gen = make_generated(tmp_path, n_train=8, n_valid=4)
+    client, uri = s3_server.client(), f"s3://{s3_server.bucket}/train-audio"
+    for wav in sorted((tmp_path / "audio").glob("*.wav"))[1:]:  # clip000 is never uploaded
+        client.put_object(Bucket=s3_server.bucket, Key=f"train-audio/{wav.name}", Body=wav.read_bytes())
+    shard = gen / "shard-00000.jsonl"
+    shard.write_text(shard.read_text().replace(str(tmp_path / "audio"), uri))
+    ds = GeneratedDataset(RecordIndex.build(gen, "train"))
+    missing, item = ds[0], ds[1]
+    assert missing == {"id": "demo/clip000-p0", "error": "missing", "path": f"{uri}/clip000.wav"}
+    local = load_audio(tmp_path / "audio" / "clip001.wav")
+    assert (item["messages"][1]["audios"][0]["array"] == local).all()
+    summary = run_train(tiny_params(tmp_path, max_steps=2, eval_every=2, save_every=2), factory)
+    assert summary["steps"] == 2 and summary["skipped_clips"] >= 1 and summary["final_val_loss"] is not None

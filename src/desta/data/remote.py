@@ -40,17 +40,17 @@ def s3_client():
     return boto3.client("s3", endpoint_url=endpoint)
 
 
-_PROCESS_CLIENT: dict[int, object] = {}
+_PROCESS_CLIENT: dict[tuple[int, str | None], object] = {}
 
 
 def process_client():
-    """One s3_client per process, made on first use: training and evaluation read clips one at a time (in
-    DataLoader workers too, which are forked and so must not reuse their parent's connection pool)."""
-    pid = os.getpid()
-    if pid not in _PROCESS_CLIENT:
+    """One s3_client per process (and endpoint), made on first use: training and evaluation read clips one at a time
+    (in DataLoader workers too, which are forked and so must not reuse their parent's connection pool)."""
+    key = (os.getpid(), os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+    if key not in _PROCESS_CLIENT:
         _PROCESS_CLIENT.clear()
-        _PROCESS_CLIENT[pid] = s3_client()
-    return _PROCESS_CLIENT[pid]
+        _PROCESS_CLIENT[key] = s3_client()
+    return _PROCESS_CLIENT[key]
 
 
 class LocalTree:

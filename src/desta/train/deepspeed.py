@@ -227,6 +227,7 @@ class DeepSpeedEngine(Engine):
 
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
+        self._lr = float(self.scheduler.get_last_lr()[0])  # the lr of this update; the boundary step advances it
         self.engine.step()  # a no-op for the optimizer except on accumulation boundaries
 
     def step(self) -> float:
@@ -234,7 +235,8 @@ class DeepSpeedEngine(Engine):
         return float(norm) if norm is not None else float("nan")
 
     def lr(self) -> float:
-        return float(self.scheduler.get_last_lr()[0])
+        """The lr the step that just ended used (as TorchEngine.lr() before its step), not the next one."""
+        return self._lr
 
     def save(self, ckpt_dir: Path) -> None:
         self.engine.save_checkpoint(str(ckpt_dir), tag="ds", exclude_frozen_parameters=True)
