@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from params_util import default_params
 from test_train_fixtures import TinyAudioLM, make_generated
 from test_train_recipe import factory, tiny_params
@@ -14,6 +15,7 @@ from desta.data.audio import load_audio
 from desta.train.collate import Collator
 from desta.train.data import BucketBatchSampler, GeneratedDataset, RecordIndex
 from desta.train.deepspeed import build_ds_config
+from desta.train.features import EncoderCache
 from desta.train.recipe import run_train
 from desta.train.schedule import lr_factor
 
@@ -172,3 +174,33 @@ def test_s3_clips_load_at_training_time_through_the_ingestion_client(s3_server, 
     assert (item["messages"][1]["audios"][0]["array"] == local).all()
     summary = run_train(tiny_params(tmp_path, max_steps=2, eval_every=2, save_every=2), factory)
     assert summary["steps"] == 2 and summary["skipped_clips"] >= 1 and summary["final_val_loss"] is not None
+
+
+class CountingEncoder(torch.nn.Module):
+    """encode_audio: features [n, 2, 6] -> states [n, L=2, T=max frames, d=3], a pure function of the features."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def encode_audio(self, feats, frames):
+        self.calls += 1
+        t = int(frames.max())
+        return feats[:, :, :t].unsqueeze(-1).expand(-1, -1, -1, 3) * 1.5
+
+
+def test_encoder_cache_stays_within_its_bound_and_changes_no_input():
+    """Clips past train.feature_cache_max_mb are encoded each time they come: the cache never grows past the bound,
+    and what the model gets is the same fp16 states as with an unbounded cache."""
+    feats = torch.arange(4 * 2 * 6, dtype=torch.float32).view(4, 2, 6)
+    inputs = {"input_features": feats, "audio_frames": torch.tensor([6, 4, 5, 6]),
+              "audio_batch_index": torch.arange(4), "input_ids": torch.zeros(4, 3)}
+    keys = ["a.wav", "b.wav", "c.wav", "d.wav"]
+    per_clip = 2 * 6 * 3 * 2  # L x frames x d x 2 bytes, for a 6-frame clip
+    bounded, free = EncoderCache(CountingEncoder(), max_bytes=per_clip + 1), EncoderCache(CountingEncoder(), 2**30)
+    for _ in range(3):
+        got, want = bounded.attach(inputs, keys), free.attach(inputs, keys)
+        assert torch.equal(got["audio_hidden"], want["audio_hidden"]) and "input_features" not in got
+        assert got["audio_hidden"].dtype == torch.float16
+    assert list(bounded.store) == ["a.wav"] and bounded.nbytes() == per_clip <= bounded.max_bytes
+    assert bounded.model.calls == 3 and free.model.calls == 1 and bounded.uncached == 9
