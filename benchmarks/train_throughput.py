@@ -4,11 +4,15 @@ for plain PyTorch (DDP under torchrun), DeepSpeed ZeRO-2 and ZeRO-3, through the
     python benchmarks/train_throughput.py --tiny                       # CPU smoke (tiny random shapes, fp32)
     python benchmarks/train_throughput.py --batch 8 --seq 256          # one GPU, whisper-large-v3 + Llama-3.1-8B, bf16
     torchrun --nproc_per_node 8 benchmarks/train_throughput.py --strategies torch,zero2,zero3
+    python benchmarks/train_throughput.py --strategies torch --batch 16 --seq 256 --compile   # torch.compile'd parts
+    bash benchmarks/train_mfu_gpu.sh                                   # the MFU candidates, one GPU, side by side
 
 Weights are random (configs only, nothing is downloaded). FLOPs are counted, not estimated: one step runs under
 torch.utils.flop_counter.FlopCounterMode, so the frozen encoder's forward, the connector's forward + backward and
 the frozen LLM's forward + input-gradient backward (no weight gradients) are what is counted. MFU = counted FLOPs
 per step / step time / peak (H100/H200 SXM dense bf16: 989 TFLOP/s; --peak-tflops to override).
+--compile runs the frozen Whisper encoder, the connector and the frozen LLM decoder through torch.compile (FLOPs are
+counted on the eager step first: the counter does not see inside compiled graphs; the same work either way).
 """
 
 from __future__ import annotations
@@ -93,6 +97,14 @@ def count_flops(engine, batch) -> float:
     return float(fc.get_total_flops())
 
 
+def compile_parts(model: DeSTA25AudioModel) -> None:
+    """torch.compile the encoder, the connector and the LLM decoder in place (state-dict keys unchanged); they
+    compile on the first warm-up step. The LM head stays eager: loss_only runs it on a data-dependent subset."""
+    model.audio_encoder.model.encoder.compile()
+    model.connector.compile()
+    model.language_model.get_decoder().compile()
+
+
 def project_params():
     """The repository's params.yaml (settings have no defaults in code)."""
     return load_params(Path(__file__).resolve().parents[1] / "params.yaml")
@@ -114,6 +126,8 @@ def bench(strategy: str, args: argparse.Namespace, device: torch.device) -> dict
     except Exception as e:  # noqa: BLE001 - a counting failure must not lose the timings
         print(f"FLOP count failed ({type(e).__name__}: {e}); timings only")
         flops = float("nan")
+    if args.compile:
+        compile_parts(engine.module)
     for _ in range(args.warmup):
         engine.backward(engine.forward(batch))
         engine.step()
@@ -129,7 +143,8 @@ def bench(strategy: str, args: argparse.Namespace, device: torch.device) -> dict
     peak = PEAK_TFLOPS.get(next((k for k in PEAK_TFLOPS if k in _device_name(device)), ""), None)
     peak = args.peak_tflops or peak
     world = engine.world_size
-    row = {"strategy": strategy, "precision": precision, "world_size": world, "batch_per_rank": args.batch,
+    row = {"strategy": strategy + ("+compile" if args.compile else ""), "precision": precision, "world_size": world,
+           "batch_per_rank": args.batch,
            "seq": args.seq, "step_s": round(dt, 4), "samples_per_s": round(args.batch * world / dt, 2),
            "tokens_per_s": round(args.batch * args.seq * world / dt, 1), "tflops_per_step": round(flops / 1e12, 3),
            "achieved_tflops_per_gpu": round(flops / dt / 1e12, 2),
@@ -164,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 10; tiny 2)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--fp32", action="store_true", help="fp32 on GPU too")
+    ap.add_argument("--compile", action="store_true", help="torch.compile encoder, connector and LLM decoder")
     ap.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: by GPU name)")
     args = ap.parse_args(argv)
     args.batch = args.batch or (2 if args.tiny else 8)

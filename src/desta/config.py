@@ -207,6 +207,7 @@ class TrainConfig(_Strict):
     max_seq_len: int = Field(gt=0)  # records whose estimated length exceeds this are dropped (counted)
     log_every: int = Field(gt=0)  # console log line every N steps (the progress bar and MLflow get every step)
     feature_cache: bool  # cache frozen-encoder outputs per clip (deterministic) when the model supports it
+    feature_cache_max_mb: int = Field(ge=0)  # per rank; clips beyond it are re-encoded each time they come
     progress: bool  # tqdm progress bar on rank 0
 
 

@@ -82,15 +82,37 @@ def finished_shards(generated_dir: str | Path) -> list[Path]:
 
 def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """Records of one file; a malformed line raises with the file and line number."""
-    with path.open(encoding="utf-8") as fh:
+    for _, _, rec in iter_jsonl_at(path):
+        yield rec
+
+
+def iter_jsonl_at(path: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """(byte offset, byte length, record) of every record line of one file, for readers that keep only where a
+    record is (`read_jsonl_at` reads it back); a malformed line raises with the file and line number."""
+    offset = 0
+    with path.open("rb") as fh:
         for lineno, line in enumerate(fh, 1):
+            start, offset = offset, offset + len(line)
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg}); delete the shard and re-run "
+                yield start, len(line), json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                msg = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8"
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({msg}); delete the shard and re-run "
                                  f"`desta generate` to rebuild it") from None
+
+
+def read_jsonl_at(path: str | Path, offset: int, length: int) -> dict[str, Any]:
+    """The record whose line starts at byte `offset` of `path` (as found by iter_jsonl_at)."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        raw = fh.read(length)
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"{path}: no record at byte {offset}; the shard changed after training started. Restart "
+                         "`desta train` (the generated set must not change during a run)") from None
 
 
 def read_records(generated_dir: str | Path, splits: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:

@@ -16,7 +16,7 @@ import logging
 import os
 import subprocess
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -158,8 +158,7 @@ def ensure_experiment(cfg: TrackingConfig) -> str:
 
     exp = mlflow.get_experiment_by_name(cfg.experiment)
     if exp is None:
-        exp_id = mlflow.create_experiment(cfg.experiment, artifact_location=cfg.artifact_location,
-                                          tags=EXPERIMENT_KIND)
+        exp_id = create_experiment_once(cfg)
     else:
         exp_id = exp.experiment_id
         for key, value in EXPERIMENT_KIND.items():
@@ -167,6 +166,101 @@ def ensure_experiment(cfg: TrackingConfig) -> str:
                 mlflow.MlflowClient().set_experiment_tag(exp_id, key, value)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+def create_experiment_once(cfg: TrackingConfig) -> str:
+    """Create the experiment; when another process created it since we looked (two jobs starting together), use
+    theirs instead of failing with RESOURCE_ALREADY_EXISTS."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.create_experiment(cfg.experiment, artifact_location=cfg.artifact_location,
+                                        tags=EXPERIMENT_KIND)
+    except MlflowException as err:
+        exp = mlflow.get_experiment_by_name(cfg.experiment)
+        if err.error_code != "RESOURCE_ALREADY_EXISTS" or exp is None:
+            raise
+        return exp.experiment_id
+
+
+# ----------------------------------------------------------------------------------------------- multi-rank jobs
+RUN_FILE = "mlflow_run.json"  # in a job's state dir (train: paths.checkpoints) while the job is not complete
+
+
+@contextmanager
+def job_run(params: Params, stage: str, section: Any, state_dir: str | Path, is_main: bool, resumed: bool,
+            complete: Callable[[], bool]) -> Iterator[StageTracker]:
+    """One MLflow run per job, however many ranks and launches it takes (`desta train` under torchrun/deepspeed).
+
+    Only the main rank talks to MLflow, so the experiment and the run are created once and ranks never race; the
+    other ranks get a no-op tracker. While the job is not complete its run id is kept in <state_dir>/mlflow_run.json:
+    a later launch that continues the job from a checkpoint (`resumed`) continues that run, one that starts over
+    closes it (KILLED) first, so a launch killed with SIGKILL leaves no run RUNNING once the job is relaunched.
+    When the block ends with complete() false (stopped early) the run ends KILLED and stays continuable; when
+    complete, it ends FINISHED and the file is removed. An exception ends it FAILED (continuable too)."""
+    if not is_main or not params.tracking.enabled:
+        yield StageTracker(None)
+        return
+    import mlflow
+
+    run_file = Path(state_dir) / RUN_FILE
+    previous = previous_job_run(params, run_file, resumed)
+    with (continued_run(params, stage, section, previous) if previous else stage_run(params, stage, section)) as t:
+        if previous is None:
+            run_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = run_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"run_id": t.run_id, "stage": stage}))
+            tmp.replace(run_file)
+        yield t
+        if not complete():
+            mlflow.end_run("KILLED")
+            return
+    run_file.unlink(missing_ok=True)
+
+
+def previous_job_run(params: Params, run_file: Path, resumed: bool) -> str | None:
+    """The run to continue (the job resumed and its run is in this experiment), else None after closing an
+    orphan: a run the file names that is still RUNNING because its launch was killed."""
+    if not run_file.is_file():
+        return None
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    run_id = json.loads(run_file.read_text())["run_id"]
+    connect(params.tracking, {})
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except MlflowException:
+        log.warning("%s names MLflow run %s, which this tracking server does not have; starting a new run",
+                    run_file, run_id)
+        return None
+    exp = mlflow.get_experiment_by_name(params.tracking.experiment)
+    if resumed and run.info.lifecycle_stage == "active" and exp and run.info.experiment_id == exp.experiment_id:
+        return run_id
+    if run.info.status == "RUNNING":
+        mlflow.MlflowClient().set_terminated(run_id, "KILLED")
+        log.warning("MLflow run %s was left RUNNING by a killed launch and this one starts over: closed it as KILLED",
+                    run_id)
+    return None
+
+
+@contextmanager
+def continued_run(params: Params, stage: str, section: Any, run_id: str) -> Iterator[StageTracker]:
+    """Reopen a job's run (status RUNNING again) for the launch that continues the job. Params are immutable in
+    MLflow: keys logged by an earlier launch keep their first value (a changed one is recorded as a tag)."""
+    import mlflow
+
+    connect(params.tracking, {})
+    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None) as run:
+        tracker = StageTracker(run)
+        logged = run.data.params
+        payload = safe_params({f"{stage}.{k}": v for k, v in flatten(section.model_dump(mode="json")).items()})
+        tracker.log_params({k: v for k, v in payload.items() if k not in logged})
+        launches = int(run.data.tags.get("desta.launches", "1")) + 1
+        tracker.set_tags({"desta.launches": launches, **{f"desta.launch{launches}.{k}": v for k, v in payload.items()
+                                                         if k in logged and logged[k] != v}})
+        yield tracker
 
 
 # --------------------------------------------------------------------------------------------------------- lineage

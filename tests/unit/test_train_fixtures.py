@@ -20,11 +20,11 @@ N_MELS, N_FRAMES, N_QUERIES, D = 80, 3000, 4, 32
 
 
 class TinyAudioLM(nn.Module):
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, dropout: float = 0.1):
         super().__init__()
         torch.manual_seed(seed)
         self.audio_encoder = nn.Linear(N_MELS, D)
-        self.connector = nn.Sequential(nn.Linear(D, N_QUERIES * D), nn.Dropout(0.1), nn.Tanh(),
+        self.connector = nn.Sequential(nn.Linear(D, N_QUERIES * D), nn.Dropout(dropout), nn.Tanh(),
                                        nn.Linear(N_QUERIES * D, N_QUERIES * D))
         self.language_model = nn.ModuleDict({"embed": nn.Embedding(256, D), "rnn": nn.GRU(D, D, batch_first=True),
                                              "head": nn.Linear(D, 256)})

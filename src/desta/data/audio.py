@@ -1,10 +1,12 @@
 """Audio decoding for every stage: any wav/flac/ogg/mp3 at any rate and channel count -> float32 mono 16 kHz.
 
 No torchaudio: soundfile (libsndfile, incl. MP3) decodes, soxr resamples. Errors name the file and the fix.
+A path may also be an s3:// URI: the object is fetched with the S3 client ingestion uses (desta.data.remote).
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,13 +60,22 @@ def resample(wave: np.ndarray, sr: int, target_sr: int = TARGET_SR) -> np.ndarra
     return soxr.resample(wave.astype(np.float32, copy=False), sr, target_sr).astype(np.float32, copy=False)
 
 
+def is_uri(path: str | Path) -> bool:
+    """An s3:// object rather than a local file (pass URIs as str: Path() would fold the double slash)."""
+    return isinstance(path, str) and path.startswith("s3://")
+
+
 def load_audio(path: str | Path, target_sr: int = TARGET_SR) -> np.ndarray:
-    """Decode, downmix and resample to `[t]` float32 at `target_sr`. Raises AudioError (missing, unreadable, empty,
-    nan) with the file name and what to do."""
-    path = Path(path)
-    probe(path)
+    """Decode, downmix and resample to `[t]` float32 at `target_sr`. `path` is a local file or an s3:// URI.
+    Raises AudioError (missing, unreadable, empty, nan) with the file name and what to do."""
+    if is_uri(path):
+        source: str | io.BytesIO = io.BytesIO(fetch_object(path))
+    else:
+        path = Path(path)
+        probe(path)
+        source = str(path)
     try:
-        wave, sr = sf.read(str(path), dtype="float32", always_2d=False)
+        wave, sr = sf.read(source, dtype="float32", always_2d=False)
     except Exception as err:
         raise AudioError(path, "unreadable", f"cannot decode audio ({err}); the file may be truncated or corrupt; "
                                              "re-export it as wav/flac") from None
@@ -73,3 +84,24 @@ def load_audio(path: str | Path, target_sr: int = TARGET_SR) -> np.ndarray:
     if not np.isfinite(wave).all():
         raise AudioError(path, "nan", "the audio contains NaN/Inf samples; re-export it")
     return resample(to_mono(wave), int(sr), target_sr)
+
+
+def fetch_object(uri: str) -> bytes:
+    """Bytes of an s3:// object through this process's S3 client; a missing object or bucket is AudioError
+    "missing", any other failure "unreadable", both naming the URI."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from desta.data.remote import process_client, read_uri
+
+    try:
+        return read_uri(uri, process_client())
+    except ClientError as err:
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        if code in ("NoSuchKey", "NoSuchBucket", "404"):
+            raise AudioError(uri, "missing", "no such object in the bucket; check the URI, or upload it (endpoint "
+                                             "from $AWS_ENDPOINT_URL)") from None
+        raise AudioError(uri, "unreadable", f"cannot fetch the object ({code}: {err}); check the credentials and "
+                                            "$AWS_ENDPOINT_URL") from None
+    except BotoCoreError as err:
+        raise AudioError(uri, "unreadable", f"cannot fetch the object ({err}); check $AWS_ENDPOINT_URL and the "
+                                            "credentials") from None

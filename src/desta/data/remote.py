@@ -1,6 +1,7 @@
 """Source trees: a corpus root that is a local directory or an `s3://bucket/prefix`, read the same way by recipes.
 
-Used by `desta prepare`. S3 goes through boto3; the endpoint comes from $AWS_ENDPOINT_URL (or
+Used by `desta prepare`, and by audio decoding (desta.data.audio) when training and evaluation read s3:// clips.
+S3 goes through boto3; the endpoint comes from $AWS_ENDPOINT_URL (or
 $AWS_ENDPOINT_URL_S3) and credentials from the standard AWS environment / config chain. Neither is ever written to
 logs, the manifest, or MLflow params (URIs carry only bucket and key).
 """
@@ -37,6 +38,19 @@ def s3_client():
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     return boto3.client("s3", endpoint_url=endpoint)
+
+
+_PROCESS_CLIENT: dict[tuple[int, str | None], object] = {}
+
+
+def process_client():
+    """One s3_client per process (and endpoint), made on first use: training and evaluation read clips one at a time
+    (in DataLoader workers too, which are forked and so must not reuse their parent's connection pool)."""
+    key = (os.getpid(), os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+    if key not in _PROCESS_CLIENT:
+        _PROCESS_CLIENT.clear()
+        _PROCESS_CLIENT[key] = s3_client()
+    return _PROCESS_CLIENT[key]
 
 
 class LocalTree:

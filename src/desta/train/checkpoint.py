@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 WALL_CLOCK_KEYS = ("samples_per_s", "tokens_per_s")
 # Train keys that do not change the trajectory of losses; a resume may change them freely.
 NON_TRAJECTORY_KEYS = {"eval_every", "save_every", "keep_checkpoints", "num_workers", "log_every",
-                       "max_val_batches", "feature_cache", "resume", "progress"}
+                       "max_val_batches", "feature_cache", "feature_cache_max_mb", "resume", "progress"}
 
 
 @dataclass
@@ -37,7 +37,7 @@ class TrainerState:
 
     step: int = 0
     epoch: int = 0
-    batch_in_epoch: int = 0  # micro-batches of `epoch` already consumed (per rank)
+    batch_in_epoch: int = 0  # global micro-batches of `epoch` already consumed (the same on every rank)
     samples: int = 0
     tokens: int = 0
     skipped_clips: int = 0
@@ -51,9 +51,12 @@ def settings_hash(settings: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def trajectory_settings(params_dump: dict[str, Any], data_fingerprint: str) -> dict[str, Any]:
-    """The settings a resumed run must share with the checkpoint (model, train minus bookkeeping keys, data)."""
-    train = {k: v for k, v in params_dump["train"].items() if k not in NON_TRAJECTORY_KEYS}
+def trajectory_settings(params_dump: dict[str, Any], data_fingerprint: str, world_size: int) -> dict[str, Any]:
+    """The settings a resumed run must share with the checkpoint (model, train minus bookkeeping keys, data). The
+    data order depends on micro_batch_size x ranks (the global micro-batch), not on either alone, so that product
+    is compared: a job may resume on another number of ranks when micro_batch_size makes up for it."""
+    train = {k: v for k, v in params_dump["train"].items() if k not in NON_TRAJECTORY_KEYS | {"micro_batch_size"}}
+    train["global_micro_batch"] = params_dump["train"]["micro_batch_size"] * world_size
     return {"model": params_dump["model"], "train": train, "data": data_fingerprint}
 
 
@@ -137,16 +140,19 @@ def read_state(ckpt: Path, rank: int) -> TrainerState:
 
 def find_resumable(root: Path, expected: dict[str, Any]) -> Path | None:
     """The latest checkpoint whose settings hash and model hashes equal `expected`; mismatching ones are moved to
-    <root>/stale/ (kept, never deleted) with a warning saying which setting differs."""
+    <root>/stale/ (kept, never deleted) with a warning saying which setting differs. A checkpoint that differs
+    only by the world size is resumed when that can be exact (see check_world_size), else refused."""
     ckpts = list_checkpoints(root)
     if not ckpts:
         return None
     latest = ckpts[-1]
     meta = json.loads((latest / "meta.json").read_text())
     diffs = [k for k in ("settings_hash", "model_hashes") if meta.get(k) != expected.get(k)]
+    changed = _changed_keys(meta.get("settings", {}), expected.get("settings", {}))
+    if "model_hashes" not in diffs:
+        check_world_size(latest, meta, expected, changed)
     if not diffs:
         return latest
-    changed = _changed_keys(meta.get("settings", {}), expected.get("settings", {}))
     stale = root / "stale" / time.strftime("%Y%m%d-%H%M%S")
     stale.mkdir(parents=True, exist_ok=True)
     for c in ckpts:
@@ -165,3 +171,37 @@ def _changed_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> lis
         elif va != vb:
             out.append(f"{prefix}{k}")
     return out
+
+
+def check_world_size(ckpt: Path, meta: dict[str, Any], expected: dict[str, Any], changed: list[str]) -> None:
+    """A job resumed on another number of ranks goes on exactly where it stopped when the global micro-batch
+    (micro_batch_size x ranks) is the same, because the sampler's global batches and the data position are functions
+    of that product. Raises, saying how to resume, when the ranks changed and (a) the product changed too, since
+    batches would be re-cut and some records seen twice or skipped, or (b) the strategy is DeepSpeed, whose
+    ZeRO optimizer states are partitioned per rank."""
+    saved, now = meta.get("world_size"), expected.get("world_size")
+    if saved is None or saved == now:
+        return
+    settings = meta.get("settings", {}).get("train", {})
+    micro = settings.get("global_micro_batch")
+    if changed == ["train.global_micro_batch"] and micro:
+        fix = (f"-S train.micro_batch_size={micro // now}" if micro % now == 0 else
+               f"a number of ranks that divides {micro} and train.micro_batch_size = {micro} / ranks")
+        raise RuntimeError(
+            f"{ckpt}: written by {saved} rank(s) at {micro} records per global micro-batch (train.micro_batch_size "
+            f"x ranks); this job has {now} rank(s) and {expected['settings']['train']['global_micro_batch']}, so the "
+            f"batches would be cut differently and records seen twice or skipped. Resume with {fix} (or on {saved} "
+            f"rank(s) as before), or move {ckpt.parent} away to start fresh")
+    if not changed and expected.get("strategy") == "deepspeed":
+        raise RuntimeError(
+            f"{ckpt}: written by {saved} rank(s) with DeepSpeed ZeRO, whose optimizer states are partitioned per "
+            f"rank; this job has {now}. Resume on {saved} rank(s), or move {ckpt.parent} away to start fresh "
+            "(DeepSpeed's universal checkpoint, deepspeed.checkpoint.ds_to_universal, is not wired in)")
+    if not changed:
+        log.info("%s: written by %d rank(s), resumed on %d with the same global micro-batch: the data position "
+                 "carries over exactly", ckpt, saved, now)
+
+
+def read_trainer_state(ckpt: Path) -> TrainerState:
+    """Trainer state alone (a resume on another number of ranks: the saved per-rank RNG states do not map)."""
+    return TrainerState(**json.loads((ckpt / "trainer_state.json").read_text()))

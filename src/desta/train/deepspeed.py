@@ -86,6 +86,10 @@ class Engine:
     def backward(self, loss: torch.Tensor) -> None:
         raise NotImplementedError
 
+    def evaluate(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The loss of a validation batch (called under no_grad)."""
+        return self.forward(batch)
+
     def step(self) -> float:
         raise NotImplementedError
 
@@ -142,6 +146,13 @@ class TorchEngine(Engine):
         no_sync = self.model.no_sync() if not sync else contextlib.nullcontext()
         with ctx, no_sync:
             return self.model(**batch, loss_only=True).loss
+
+    def evaluate(self, batch: dict[str, Any]) -> torch.Tensor:
+        """On the bare module: no DDP hooks or buffer broadcasts, so ranks need not run the same number of
+        validation batches (a rank whose slice holds only corrupt clips skips it)."""
+        dtype = autocast_dtype(self.cfg.precision)
+        with torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+            return self.module(**batch, loss_only=True).loss
 
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss / self.cfg.grad_accum).backward()  # DDP syncs only where forward allowed it
@@ -216,6 +227,7 @@ class DeepSpeedEngine(Engine):
 
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
+        self._lr = float(self.scheduler.get_last_lr()[0])  # the lr of this update; the boundary step advances it
         self.engine.step()  # a no-op for the optimizer except on accumulation boundaries
 
     def step(self) -> float:
@@ -223,7 +235,8 @@ class DeepSpeedEngine(Engine):
         return float(norm) if norm is not None else float("nan")
 
     def lr(self) -> float:
-        return float(self.scheduler.get_last_lr()[0])
+        """The lr the step that just ended used (as TorchEngine.lr() before its step), not the next one."""
+        return self._lr
 
     def save(self, ckpt_dir: Path) -> None:
         self.engine.save_checkpoint(str(ckpt_dir), tag="ds", exclude_frozen_parameters=True)

@@ -2,10 +2,12 @@
 
 - EncoderCache: the frozen Whisper encoder's tapped-layer states are a pure function of the clip, so they are
   computed once per clip (first time it is met), kept in memory as fp16 and fed to the model as `audio_hidden`.
-  Every use (first or later) reads the fp16 copy, so a resumed run sees bit-identical inputs.
-- fill_transcripts: records whose audio has no transcription (`text: null`, e.g. sound/music clips) would make the
-  model run Whisper ASR inside every batch; it is run once per clip here (same greedy decode, same windows) and the
-  text is written into the records. Results persist in <paths.checkpoints>/asr_cache.json (keyed by encoder hash).
+  Every use (first or later, cached or not) reads the fp16 copy, so a resumed run sees bit-identical inputs. The
+  cache holds at most train.feature_cache_max_mb per process: clips met after it is full are encoded every time
+  they come (same inputs, no memory growth), so a data set larger than the bound costs speed, not memory.
+- transcribe_missing: records whose audio has no transcription (`text: null`, e.g. sound/music clips) would make
+  the model run Whisper ASR inside every batch; it is run once per clip here (same greedy decode, same windows) and
+  the dataset fills the text in. Results persist in <paths.checkpoints>/asr_cache.json (keyed by encoder hash).
 Shapes: n = audio windows in a batch, L = tapped layers, T = encoder frames, d = encoder width.
 """
 
@@ -36,12 +38,13 @@ def row_keys(conversations: list[list[dict[str, Any]]]) -> list[str]:
 
 
 class EncoderCache:
-    """Row key -> tapped states of that row's windows, each [L, T_i, d] fp16 on CPU (T_i = its valid frames)."""
+    """Row key -> tapped states of that row's windows, each [L, T_i, d] fp16 on CPU (T_i = its valid frames), up to
+    `max_bytes` of states in all; rows met once it is full are encoded each time (counted in `uncached`)."""
 
-    def __init__(self, model: nn.Module):
-        self.model = model
+    def __init__(self, model: nn.Module, max_bytes: int):
+        self.model, self.max_bytes = model, max_bytes
         self.store: dict[str, list[torch.Tensor]] = {}
-        self.hits = self.misses = 0
+        self.hits = self.misses = self.uncached = self.bytes = 0
 
     def attach(self, inputs: dict[str, torch.Tensor], keys: list[str]) -> dict[str, torch.Tensor]:
         """Return inputs with `audio_hidden` [n, L, T, d] (T = max frames) instead of `input_features`."""
@@ -52,51 +55,58 @@ class EncoderCache:
         missing = [r for r, k in enumerate(keys) if k not in self.store and windows[r]]
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
+        fresh: dict[str, list[torch.Tensor]] = {}
         if missing:
             idx = [i for r in missing for i in windows[r]]
             states = self.model.encode_audio(inputs["input_features"][idx], frames[idx]).to("cpu", torch.float16)
             pos = 0
             for r in missing:
-                n = len(windows[r])
-                self.store[keys[r]] = [states[pos + j, :, :int(frames[i])].clone() for j, i in
-                                       enumerate(windows[r])]
-                pos += n
+                fresh[keys[r]] = [states[pos + j, :, :int(frames[i])].clone() for j, i in enumerate(windows[r])]
+                pos += len(windows[r])
+                self.keep(keys[r], fresh[keys[r]])
         per_window: list[torch.Tensor | None] = [None] * frames.numel()
         for r, k in enumerate(keys):
             for j, i in enumerate(windows[r]):
-                per_window[i] = self.store[k][j]
+                per_window[i] = (self.store.get(k) or fresh[k])[j]
         out = {k: v for k, v in inputs.items() if k != "input_features"}
         out["audio_hidden"] = pad_windows(per_window, frames)  # fp16, like the stored states
         return out
 
+    def keep(self, key: str, states: list[torch.Tensor]) -> None:
+        size = sum(t.numel() * t.element_size() for t in states)
+        if key in self.store:
+            return
+        if self.bytes + size > self.max_bytes:
+            if not self.uncached:
+                log.info("encoder cache full (%.0f MiB, train.feature_cache_max_mb); clips not in it are encoded "
+                         "every time they come", self.bytes / 2**20)
+            self.uncached += 1
+            return
+        self.store[key] = states
+        self.bytes += size
+
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for ts in self.store.values() for t in ts)
+        return self.bytes
 
 
-def fill_transcripts(model: nn.Module, records: list[dict[str, Any]], cache_file: Path, batch_size: int = 8,
-                     write: bool = True) -> int:
-    """Transcribe (once per clip) every audio entry with `text: null` and write the text into the records.
-    Returns how many clips were transcribed now (the rest came from cache_file). Unreadable clips are left as they
-    are (the dataset skips and counts them later)."""
-    if not getattr(model.config, "use_transcription", False):
-        return 0
+def transcribe_missing(model: nn.Module, paths: list[str], cache_file: Path, batch_size: int = 8,
+                       write: bool = True) -> dict[str, str]:
+    """Transcripts of the clips whose records carry `text: null` (audio path/URI -> text), transcribed once per
+    clip and kept in cache_file for later runs. Unreadable clips get none (the dataset skips and counts them later);
+    {} when the model feeds no transcription."""
+    if not paths or not getattr(model.config, "use_transcription", False):
+        return {}
     key_prefix = f"{model.config.encoder_hash}:"
     known: dict[str, str] = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
-    entries = [a for r in records for m in r["messages"] for a in (m.get("audios") or []) if a.get("text") is None]
-    todo = sorted({str(a["audio"]) for a in entries} - {k.removeprefix(key_prefix) for k in known
-                                                           if k.startswith(key_prefix)})
+    todo = sorted(set(paths) - {k.removeprefix(key_prefix) for k in known if k.startswith(key_prefix)})
     for lo in range(0, len(todo), batch_size):
         for path, text in _transcribe(model, todo[lo:lo + batch_size]).items():
             known[key_prefix + path] = text
-    for a in entries:
-        text = known.get(key_prefix + str(a["audio"]))
-        if text is not None:
-            a["text"] = text
     if todo and write:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         cache_file.write_text(json.dumps(known, indent=0, ensure_ascii=False))
         log.info("transcribed %d clip(s) without a transcript once (cached in %s)", len(todo), cache_file)
-    return len(todo)
+    return {p: known[key_prefix + p] for p in paths if key_prefix + p in known}
 
 
 def _transcribe(model: nn.Module, paths: list[str]) -> dict[str, str]:

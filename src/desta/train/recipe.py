@@ -13,15 +13,11 @@ import csv
 import json
 import logging
 import math
-import os
-import random
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -29,9 +25,11 @@ from torch.utils.data import DataLoader, Dataset
 from desta.config import Params
 from desta.train import checkpoint as ckpt
 from desta.train.collate import Collator, to_device
-from desta.train.data import BucketBatchSampler, GeneratedDataset, length_estimate, read_generated
+from desta.train.data import BucketBatchSampler, GeneratedDataset, RecordIndex
 from desta.train.deepspeed import DeepSpeedEngine, Engine, build_engine
-from desta.train.features import EncoderCache, fill_transcripts, supports_cache
+from desta.train.features import EncoderCache, supports_cache, transcribe_missing
+from desta.train.ranks import global_label_tokens, on_rank0, sum_over_ranks
+from desta.train.runtime import deterministic_kernels, pick_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -42,41 +40,6 @@ def default_model(params: Params) -> nn.Module:
     from desta.models.audio_llm import DeSTA25AudioModel
 
     return DeSTA25AudioModel.from_params(params.model, params.model_cache_dir(), seed=params.train.seed)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-@contextmanager
-def deterministic_kernels(on: bool) -> Iterator[None]:
-    """train.deterministic: inside, PyTorch picks deterministic kernels only (an op that has none raises a
-    RuntimeError naming it) and cuDNN does not autotune; CUBLAS_WORKSPACE_CONFIG is set for cuBLAS's
-    reproducible mode (it must precede the process's first cuBLAS call, so set it in the environment yourself when
-    something used CUDA before training). The previous settings are restored on exit."""
-    if not on:
-        yield
-        return
-    saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
-             torch.backends.cudnn.benchmark)
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(saved[0])
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[1], saved[2]
-
-
-def pick_device() -> torch.device:
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return torch.device("cuda", local)
-    return torch.device("cpu")
 
 
 class Recipe:
@@ -90,6 +53,7 @@ class Recipe:
         self.state = ckpt.TrainerState()
         self.resumed_from: str | None = None
         self.engine: Engine | None = None
+        self._skipped = 0
 
     # ------------------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -99,17 +63,22 @@ class Recipe:
         self.counts = param_counts(model)
         self.engine = build_engine(model, self.cfg, self.device)
         self.assert_trainable_only()
-        self.cache = EncoderCache(self.engine.module) if self.cfg.feature_cache and supports_cache(model) else None
+        # not under multi-rank ZeRO-3: a cache miss runs the encoder on one rank, and there a forward needs them all
+        zero3_ranks = isinstance(self.engine, DeepSpeedEngine) and self.cfg.zero_stage == 3 and \
+            self.engine.world_size > 1
+        self.cache = (EncoderCache(self.engine.module, self.cfg.feature_cache_max_mb * 2**20)
+                      if self.cfg.feature_cache and supports_cache(model) and not zero3_ranks else None)
         self.train_ds, self.valid_ds = self.load_data()
         self.sampler = BucketBatchSampler(self.train_ds.lengths, self.cfg.micro_batch_size, self.cfg.seed,
                                           self.cfg.bucket_by_length, rank=self.engine.rank,
                                           world_size=self.engine.world_size)
-        if len(self.sampler.epoch_batches()) == 0:
+        if len(self.sampler) == 0:
             raise ValueError(f"{self.params.paths.generated}: {len(self.train_ds)} train records are fewer than one "
                              f"micro-batch ({self.cfg.micro_batch_size} x {self.engine.world_size} ranks); lower "
                              "train.micro_batch_size or generate more data")
         self.collate = Collator(self.engine.module.build_inputs)
-        self.meta = {"settings": ckpt.trajectory_settings(self.params.model_dump(mode="json"), self.fingerprint),
+        self.meta = {"settings": ckpt.trajectory_settings(self.params.model_dump(mode="json"), self.fingerprint,
+                                                          self.engine.world_size),
                      "model_hashes": {"frozen": ckpt.tensor_fingerprint(self.engine.module)},
                      "world_size": self.engine.world_size, "strategy": self.cfg.strategy}
         self.meta["settings_hash"] = ckpt.settings_hash(self.meta["settings"])
@@ -120,22 +89,21 @@ class Recipe:
                      len(self.valid_ds) if self.valid_ds else 0, self.device)
 
     def load_data(self) -> tuple[GeneratedDataset, GeneratedDataset | None]:
-        gen = self.params.paths.generated
-        train = read_generated(gen, ["train"])
-        valid = read_generated(gen, ["valid"])
-        too_long = [r for r in train if length_estimate(r) > self.cfg.max_seq_len]
-        if too_long:
+        """Index the train and valid splits (rank 0 scans the shards, the others receive the index: a few arrays of
+        20 bytes per record, never the records) and transcribe, once, clips whose records carry no transcript."""
+        gen, eng = self.params.paths.generated, self.engine
+        train, valid = on_rank0(lambda: (RecordIndex.build(gen, "train", self.cfg.max_seq_len),
+                                         RecordIndex.build(gen, "valid")), eng)
+        if train.too_long and eng.is_main:
             log.warning("%d train records exceed train.max_seq_len=%d (estimated tokens); they are skipped",
-                        len(too_long), self.cfg.max_seq_len)
-            train = [r for r in train if length_estimate(r) <= self.cfg.max_seq_len]
-        self.fingerprint = ckpt.settings_hash([r.get("id") for r in train] + [len(train), len(valid)])
-        if self.cache is not None:
-            fill_transcripts(self.engine.module, train + valid, self.ckpt_root / "asr_cache.json",
-                             write=self.engine.is_main)
-        if not valid:
+                        train.too_long, self.cfg.max_seq_len)
+        self.fingerprint = ckpt.settings_hash([train.fingerprint, valid.fingerprint])
+        paths = sorted(set(train.untranscribed) | set(valid.untranscribed)) if self.cache is not None else []
+        # every rank transcribes (only rank 0 writes the cache file): under ZeRO-3 a forward needs all ranks
+        transcripts = transcribe_missing(eng.module, paths, self.ckpt_root / "asr_cache.json", write=eng.is_main)
+        if not len(valid) and self.engine.is_main:
             log.warning("%s: no records with split 'valid'; validation loss is not computed", gen)
-        return (GeneratedDataset(train, where=gen),
-                GeneratedDataset(valid, where=gen) if valid else None)
+        return GeneratedDataset(train, transcripts), GeneratedDataset(valid, transcripts) if len(valid) else None
 
     def assert_trainable_only(self) -> None:
         """Frozen parameters never reach the optimizer."""
@@ -155,15 +123,18 @@ class Recipe:
                           generator=torch.Generator().manual_seed(self.cfg.seed),
                           prefetch_factor=2 if workers else None, persistent_workers=False)
 
-    def micro_batches(self) -> Iterator[dict[str, Any]]:
-        """Endless stream over epochs, starting at the saved data position; state.epoch/batch_in_epoch advance."""
+    def micro_batches(self) -> Iterator[tuple[dict[str, Any], float]]:
+        """Endless stream of (this rank's slice of a global micro-batch, label tokens of the whole global micro-batch)
+        over epochs, from the saved data position; state.epoch/batch_in_epoch advance. A global batch in which some
+        rank has no readable clip is skipped by every rank, so the ranks stay at the same position."""
         while True:
             self.sampler.set_epoch(self.state.epoch, start=self.state.batch_in_epoch)
             for batch in self.loader(self.train_ds, self.sampler):
                 self.state.batch_in_epoch += 1
                 self.count_skipped(batch)
-                if batch["n_samples"]:
-                    yield batch
+                total = global_label_tokens(batch, self.engine)
+                if total:
+                    yield batch, total
             self.state.epoch += 1
             self.state.batch_in_epoch = 0
 
@@ -178,22 +149,28 @@ class Recipe:
         batches = self.micro_batches()
         eng.module.train()
         while st.step < cfg.max_steps:
-            t0, losses, samples, tokens = time.perf_counter(), [], 0, 0
+            t0, loss_sum, samples, tokens = time.perf_counter(), 0.0, 0, 0
             for _ in range(cfg.grad_accum):
-                batch = next(batches)
+                batch, global_tokens = next(batches)
                 loss = eng.forward(self.inputs(batch))
-                eng.backward(loss)
-                losses.append(float(loss.detach()))
+                # this rank's share of the global micro-batch's label tokens: scaled by share x ranks, the ranks'
+                # averaged gradients are those of the global micro-batch's token-mean loss, as on one rank
+                share = batch["n_label_tokens"] / global_tokens if eng.world_size > 1 else 1.0
+                eng.backward(loss if eng.world_size == 1 else loss * (share * eng.world_size))
+                loss_sum += float(loss.detach()) * share
                 samples += batch["n_samples"]
                 tokens += batch["n_tokens"]
+            loss_sum, samples, tokens, skipped = sum_over_ranks([loss_sum, samples, tokens, self._skipped], eng)
+            self._skipped = 0
             lr = eng.lr()
             grad_norm = eng.step()
             st.step += 1
-            st.samples += samples
-            st.tokens += tokens
+            st.samples += int(samples)
+            st.tokens += int(tokens)
+            st.skipped_clips += int(skipped)
             dt = time.perf_counter() - t0
-            row = {"step": st.step, "train_loss": sum(losses) / len(losses), "lr": lr, "grad_norm": grad_norm,
-                   "samples_per_s": samples * eng.world_size / dt, "tokens_per_s": tokens * eng.world_size / dt}
+            row = {"step": st.step, "train_loss": loss_sum / cfg.grad_accum, "lr": lr, "grad_norm": grad_norm,
+                   "samples_per_s": samples / dt, "tokens_per_s": tokens / dt}
             if not math.isfinite(row["train_loss"]):
                 raise FloatingPointError(f"step {st.step}: loss is {row['train_loss']}; lower train.lr or use fp32")
             if st.step % cfg.eval_every == 0 or st.step == cfg.max_steps:
@@ -209,8 +186,9 @@ class Recipe:
             bar.close()
 
     def count_skipped(self, batch: dict[str, Any]) -> None:
+        """Counted per rank and summed over the ranks at the step (state.skipped_clips is the job's)."""
         if batch["n_skipped"]:
-            self.state.skipped_clips += batch["n_skipped"]
+            self._skipped += batch["n_skipped"]
             log.warning("skipped %d corrupt clip(s): %s", batch["n_skipped"], "; ".join(batch["skipped"]))
 
     def inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -241,14 +219,13 @@ class Recipe:
             if not batch["n_samples"]:
                 continue
             inputs, n = self.inputs(batch), batch["n_label_tokens"]
-            own = float(self.engine.forward(inputs)) * n
+            own = float(self.engine.evaluate(inputs)) * n
             stats[:2] += torch.tensor([own, n], dtype=torch.float64)
             shuffled = rotate_audio(inputs) if self.cfg.val_shuffled_audio else None
             if shuffled is not None:
-                stats[2:] += torch.tensor([own, float(self.engine.forward(shuffled)) * n, n], dtype=torch.float64)
+                stats[2:] += torch.tensor([own, float(self.engine.evaluate(shuffled)) * n, n], dtype=torch.float64)
         module.train(was_training)
-        if self.engine.world_size > 1:
-            torch.distributed.all_reduce(stats)
+        stats = torch.tensor(sum_over_ranks(stats.tolist(), self.engine), dtype=torch.float64)
         out: dict[str, float | None] = {"val_loss": float(stats[0] / stats[1]) if stats[1] > 0 else None}
         if stats[4] > 0:
             out["val_loss_shuffled_audio"] = float(stats[3] / stats[4])
@@ -283,14 +260,20 @@ class Recipe:
         return final
 
     def resume(self) -> None:
-        """Restore model, optimizer, scheduler, RNG and data position from the latest matching checkpoint."""
-        found = ckpt.find_resumable(self.ckpt_root, self.meta) if self.engine.is_main else None
-        found = _broadcast(found, self.engine)
+        """Restore model, optimizer, scheduler, RNG and data position from the latest matching checkpoint. On another
+        number of ranks (same global micro-batch, plain DDP) the data position carries over exactly and each rank's
+        RNG is seeded from (seed, step, rank); checkpoint.check_world_size refuses the cases that cannot be exact."""
+        found = on_rank0(lambda: ckpt.find_resumable(self.ckpt_root, self.meta), self.engine)
         if found is None:
             return
         path = Path(found)
         self.engine.load(path)
-        self.state = ckpt.read_state(path, self.engine.rank)
+        saved_world = json.loads((path / "meta.json").read_text()).get("world_size")
+        if saved_world == self.engine.world_size:
+            self.state = ckpt.read_state(path, self.engine.rank)
+        else:
+            self.state = ckpt.read_trainer_state(path)
+            seed_everything(((self.cfg.seed * 1_000_003 + self.state.step) * 1_000_003 + self.engine.rank) % 2**32)
         self.resumed_from = str(path)
         log.info("resumed from %s (step %d, epoch %d, batch %d)", path, self.state.step, self.state.epoch,
                  self.state.batch_in_epoch)
@@ -342,14 +325,16 @@ def run_train(params: Params, model_factory: ModelFactory = default_model,
               stop_after: int | None = None) -> dict[str, Any]:
     """Stage entry (CLI, dvc.yaml, Prefect): train, resume automatically, write the model + metrics; returns a
     summary (steps, step-0/final/best val loss, samples/s, tokens/s, checkpoint dir)."""
-    from desta.tracking import stage_run
+    from desta.tracking import job_run
 
     recipe = Recipe(params, model_factory, stop_after)
     with deterministic_kernels(params.train.deterministic):
         try:
             recipe.setup()
             recipe.resume()
-            with stage_run(params, "train", params.train) as tracker:
+            with job_run(params, "train", params.train, recipe.ckpt_root, is_main=recipe.engine.is_main,
+                         resumed=recipe.resumed_from is not None,
+                         complete=lambda: recipe.state.step >= params.train.max_steps) as tracker:
                 tracker.log_params({"model.trainable_params": recipe.counts["trainable"],
                                     "model.frozen_params": recipe.counts["frozen"]})
                 recipe.train(tracker)
@@ -402,14 +387,6 @@ def _fmt(v: float | None) -> str:
 def _mean(values: Any) -> float | None:
     vals = list(values)
     return sum(vals) / len(vals) if vals else None
-
-
-def _broadcast(obj: Any, engine: Engine) -> Any:
-    if engine.world_size == 1:
-        return obj
-    box = [obj]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def _progress(total: int, initial: int, enabled: bool) -> Any:
