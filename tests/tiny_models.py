@@ -49,9 +49,16 @@ def make_tiny_llm(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def make_tiny_whisper(path: Path, seed: int = 0, encoder_layers: int = 4) -> Path:
-    """A tiny random Whisper (80 mel bins, width 16) + the real tiny.en tokenizer/processor, saved as an HF folder
-    the model store loads like a converted backbone."""
+def tiny_chat_llm(tok: PreTrainedTokenizerFast, max_positions: int = 1024) -> LlamaForCausalLM:
+    """A 2-layer random Llama-style LLM over `tok`'s vocabulary, in eval mode."""
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_whisper(encoder_layers: int = 4, seed: int = 0):
+    """(a tiny random Whisper: 80 mel bins, width 16, `encoder_layers` deep; the real tiny.en processor)."""
     import importlib.util
     import json
 
@@ -68,6 +75,12 @@ def make_tiny_whisper(path: Path, seed: int = 0, encoder_layers: int = 4) -> Pat
     whisper = WhisperForConditionalGeneration(cfg).eval()
     whisper.generation_config = generation_config(processor.tokenizer, json.loads((pkg / "config.json").read_text()),
                                                   51864, 448)
+    return whisper, processor
+
+
+def make_tiny_whisper(path: Path, seed: int = 0, encoder_layers: int = 4) -> Path:
+    """tiny_whisper() saved as an HF folder the model store loads like a converted backbone."""
+    whisper, processor = tiny_whisper(encoder_layers, seed)
     whisper.save_pretrained(path)
     processor.save_pretrained(path)
     return path

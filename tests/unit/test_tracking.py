@@ -8,7 +8,7 @@ import json
 import os
 
 import pytest
-from params_util import default_params
+from params_util import tracked_params
 
 from desta.registry import RegistryError, _audio_to_path, is_better, read_metric
 from desta.tracking import PARENT_ENV, dvc_hashes, numeric_metrics, parent_run, quick_digest, safe_params, stage_run
@@ -16,13 +16,7 @@ from desta.tracking import PARENT_ENV, dvc_hashes, numeric_metrics, parent_run, 
 
 @pytest.fixture
 def params(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv(PARENT_ENV, raising=False)
-    p = default_params()
-    p.tracking.tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
-    p.tracking.experiment = "unit"
-    return p
+    return tracked_params(tmp_path, monkeypatch, "unit")
 
 
 def test_stage_runs_nest_under_parent_with_lineage(params, tmp_path):

@@ -8,20 +8,14 @@ import json
 
 import mlflow
 import pytest
-from params_util import default_params
+from params_util import tracked_params
 
-from desta.tracking import PARENT_ENV, RUN_FILE, create_experiment_once, job_run
+from desta.tracking import RUN_FILE, create_experiment_once, job_run
 
 
 @pytest.fixture
 def params(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv(PARENT_ENV, raising=False)
-    p = default_params()
-    p.tracking.tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
-    p.tracking.experiment = "jobs"
-    return p
+    return tracked_params(tmp_path, monkeypatch, "jobs")
 
 
 def runs(params):
