@@ -187,7 +187,7 @@ class TrainConfig(_Strict):
     # CUBLAS_WORKSPACE_CONFIG); slower, and an op without a deterministic kernel stops the run naming it. CPU runs
     # are bit-identical without it.
     deterministic: bool
-    max_steps: int = Field(gt=0)  # optimizer steps (CPU demo budget: ~1 epoch of the 300-clip demo set)
+    max_steps: int = Field(gt=0)  # optimizer steps (the cosine schedule's length)
     micro_batch_size: int = Field(gt=0)  # per rank
     grad_accum: int = Field(gt=0)
     lr: float = Field(gt=0)  # paper 1e-4 (8B, 5M samples); 3e-4 for the tiny CPU demo
