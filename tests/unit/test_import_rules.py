@@ -95,6 +95,7 @@ def test_no_import_circle_between_units():
 NOT_CODE_DEPS = {
     "desta.tracking": "MLflow logging only",
     "desta.config": "types and bounds of settings; the values come from params.yaml (declared per key)",
+    "desta.ray_cluster": "connects to a Ray cluster; where the work runs never changes the outputs",
 }
 
 
