@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 # stage -> the modules (and packages) that are its own code
 STAGE_CODE = {
     "prepare": ("desta.data.prepare", "desta.data.corpora", "desta.data.demo", "desta.data.synth", "desta.data.tts",
-                "desta.data.quality"),
+                "desta.data.quality", "desta.data.ray_ingest"),
     "generate": ("desta.selfgen",),
     "validate": ("desta.validate",),
     "train": ("desta.train",),
