@@ -4,6 +4,7 @@ sampled after a SIGKILL of the driver and a rerun); `desta prepare` with prepare
 manifest shards and quarantine report as a local run."""
 
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -91,6 +92,10 @@ def test_generate_on_ray_equals_the_local_run(tmp_path, tiny, ray_head):
     same = ("records", "rejected", "shards", "shards_generated", "generated_records", "new_tokens", "generator_hash")
     assert {k: summary[k] for k in same} == {k: expected[k] for k in same}
     assert tiny_mod.shard_bytes(tmp_path / "ray" / "gen") == local
+    state = {d: json.loads((tmp_path / d / "gen" / "generate.json").read_text()) for d in ("local", "ray")}
+    for s in state.values():
+        s["summary"].pop("out")
+    assert state["ray"] == state["local"]
     assert not list((tmp_path / "ray" / "gen").glob("*.partial"))
 
 

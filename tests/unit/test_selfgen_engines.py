@@ -149,3 +149,50 @@ def test_sampled_row_depends_on_its_seed_not_on_its_batch(tmp_path):
     assert engine.generate_ids([long, short, long], [7, 101, 8])[1] == alone  # left-padded among longer prompts
     others = {engine.generate_ids([short], [s])[0][0] for s in (202, 303, 404)}
     assert len(others | {alone[0]}) > 1, "different record seeds must give different samples"
+
+
+def test_runtime_bf16_on_gpu_fp32_on_cpu_and_vllm_needs_a_gpu():
+    from params_util import default_params
+
+    from desta.selfgen.ray_run import actor_resources
+    from desta.selfgen.shards import Runtime, resolve_runtime
+
+    g = default_params().generate
+    assert g.dtype == "auto" and resolve_runtime(g, n_gpus=2) == Runtime("cuda", "bfloat16")
+    assert resolve_runtime(g, n_gpus=0) == Runtime("cpu", "float32")
+    assert resolve_runtime(g.model_copy(update={"dtype": "float16"}), 1).dtype == "float16"
+    with pytest.raises(RuntimeError, match="generate.device is 'cuda'"):
+        resolve_runtime(g.model_copy(update={"device": "cuda"}), 0)
+    vllm = g.model_copy(update={"backend": "vllm", "vllm": g.vllm.model_copy(update={"tensor_parallel_size": 4})})
+    with pytest.raises(RuntimeError, match="backend: hf"):
+        resolve_runtime(vllm, 0)
+    assert actor_resources(vllm, resolve_runtime(vllm, 8)) == {"num_gpus": 4.0, "num_cpus": 1.0}
+    assert actor_resources(g, resolve_runtime(g, 0)) == {"num_cpus": float(g.ray_cpus_per_worker)}
+
+
+def test_vllm_backend_without_vllm_names_the_extra(monkeypatch):
+    import sys
+
+    from params_util import default_params
+
+    from desta.selfgen.shards import load_vllm
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # as on a machine without the extra
+    with pytest.raises(RuntimeError, match=r"pip install -e \.\[vllm\]"):
+        load_vllm(default_params({"generate": {"backend": "vllm"}}).generate, "/nowhere", "bfloat16")
+
+
+def test_unreachable_ray_cluster_fails_fast_naming_the_setting():
+    import socket
+    import time
+
+    from desta.ray_cluster import RayClusterError, ray_cluster
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nobody listens there
+    t0 = time.perf_counter()
+    with pytest.raises(RayClusterError, match=r"generate.ray_address='127.0.0.1:\d+': no Ray cluster answers"), \
+            ray_cluster(f"127.0.0.1:{port}", "generate.ray_address"):
+        pass
+    assert time.perf_counter() - t0 < 10

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 RECORD_FORMAT = 2  # bump when build_record changes: existing shards become stale (2: target_source)
 WALL_CLOCK_KEYS = ("seconds", "tokens_per_s")  # summary keys that vary from run to run
+RUN_ONLY_KEYS = (*WALL_CLOCK_KEYS, "workers")  # not written to generate.json: where and how fast it ran
 LLM_SOURCE = "llm"  # a record's `target_source` when generate.generator (the backbone, by default) wrote it
 
 
@@ -219,8 +220,9 @@ def _generate(params: Params, ref: str, model_dir: Path, digest: str, cluster: A
                    "generated_records": stats["records"], "new_tokens": stats["tokens"],
                    "seconds": round(elapsed, 1), "tokens_per_s": round(stats["tokens"] / elapsed, 1) if todo else 0.0,
                    "generator": ref, "generator_hash": digest, "out": str(out), "workers": g.workers}
-        # generate.json is inside a DVC output: wall-clock figures stay out of it (MLflow and the log have them)
-        state["summary"] = {k: v for k, v in summary.items() if k not in WALL_CLOCK_KEYS}
+        # generate.json is inside a DVC output: wall-clock figures and the worker count stay out of it (MLflow and
+        # the log have them), so the file is the same whatever ran it
+        state["summary"] = {k: v for k, v in summary.items() if k not in RUN_ONLY_KEYS}
         write_state(out, state)
         tracker.log_metrics({k: summary[k] for k in ("records", "rejected", "generated_records", "new_tokens",
                                                      "seconds", "tokens_per_s")})
