@@ -108,11 +108,17 @@ def _stream(cfg: GenerateConfig, rows: list[dict[str, Any]], engine_args: tuple,
     import ray
     import ray.data
 
-    rt = engine_args[-1]
+    rt, size = engine_args[-1], min(cfg.workers, len(rows))
+    need, have = actor_resources(cfg, rt), ray.cluster_resources()
+    short = {k: v * size for k, v in need.items() if v * size > have.get(k.removeprefix("num_").upper(), 0.0)}
+    if short:
+        log.warning("generate: %d actors need %s but the cluster has %s; the rest wait for resources (lower "
+                    "generate.workers, or let an autoscaler add nodes)", size, short,
+                    {k: have.get(k, 0.0) for k in ("CPU", "GPU")})
     with _data_context(cfg.progress):
         ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
             ShardGenerator, fn_constructor_args=(cfg, *engine_args), batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=min(cfg.workers, len(rows))), **actor_resources(cfg, rt))
+            compute=ray.data.ActorPoolStrategy(size=size), **need)
         try:
             for block in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 for index, records, tokens, node in zip(block["shard"], block["records"], block["tokens"],
