@@ -85,10 +85,11 @@ def pending_groups(groups: list[list[int]], skip: frozenset[int]) -> Iterator[li
 
 
 class RowSampler(LogitsProcessor):
-    """Nucleus sampling with one torch.Generator per row: temperature and top-p (transformers' own warpers), then a
-    draw from the row's generator; returns scores that are 0 at the drawn token and -inf elsewhere, so greedy
-    selection (generate(do_sample=False)) takes it. Each row draws once per step from its own stream, so a row's
-    tokens depend on its seed and its logits only, never on the other rows of the batch.
+    """Nucleus sampling with one torch.Generator per row: temperature and top-p (transformers' own warpers), then
+    one uniform draw per row from the row's generator, turned into a token by inverse-CDF lookup (one batched
+    searchsorted; a multinomial call per row was 2x slower per step); returns scores that are 0 at the drawn token
+    and -inf elsewhere, so greedy selection (generate(do_sample=False)) takes it. A row's tokens depend on its seed
+    and its logits only, never on the other rows of the batch.
 
     scores: [b, V] float32 -> [b, V]."""
 
@@ -99,8 +100,13 @@ class RowSampler(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         for warp in self.warpers:
             scores = warp(input_ids, scores)
-        probs = torch.softmax(scores, dim=-1)  # [b, V]
-        picked = torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)])
+        probs = torch.softmax(scores, dim=-1).double()  # [b, V]
+        u = torch.cat([torch.rand(1, generator=g, device=probs.device, dtype=torch.float64)
+                       for g in self.generators])  # [b] in [0, 1)
+        cdf = probs.cumsum(dim=-1)  # [b, V]
+        picked = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)  # [b]
+        last = probs.shape[-1] - 1 - (probs.flip(-1) > 0).int().argmax(-1)  # last token with mass (rounding guard)
+        picked = torch.minimum(picked, last)
         out = torch.full_like(scores, float("-inf"))
         out[torch.arange(len(picked)), picked] = 0.0
         return out
