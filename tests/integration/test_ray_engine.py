@@ -6,6 +6,7 @@ manifest shards and quarantine report as a local run."""
 import importlib.util
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -51,19 +52,27 @@ def ray_head():
     ray_bin = str(Path(sys.executable).with_name("ray"))
     cmd = [ray_bin, "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
            "--disable-usage-stats", f"--temp-dir={temp}", "--object-store-memory=200000000"]
+    # token authentication as Ray >= 2.5x clusters use it, with this cluster's own token (never ~/.ray/auth_token)
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    saved = {k: os.environ.get(k) for k in auth}
+    os.environ.update(auth)  # the drivers: run_generate in this process and the `desta` subprocesses
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     with open(Path(temp) / "head.log", "w") as log:
         head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    probe = [sys.executable, "-c", f"import ray; ray.init(address={address!r}); ray.shutdown()"]
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and head.poll() is None:
+        deadline = time.time() + 240
+        while time.time() < deadline and head.poll() is None:  # GCS up and the head's raylet registered
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.5)
-        assert head.poll() is None, (Path(temp) / "head.log").read_text()
-        yield f"127.0.0.1:{port}"
+                if subprocess.run(probe, env=env, capture_output=True, timeout=120).returncode == 0:
+                    break
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+            time.sleep(1)
+        assert head.poll() is None and time.time() < deadline, (Path(temp) / "head.log").read_text()
+        yield address
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
@@ -72,6 +81,11 @@ def ray_head():
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
         shutil.rmtree(temp, ignore_errors=True)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")
