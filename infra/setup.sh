@@ -2,12 +2,13 @@
 # One-shot, idempotent set-up: virtual env with the whole stack, offline models converted into the cache, DVC ready.
 #   bash infra/setup.sh            (re-running is cheap: steps already done are skipped)
 # Env: PYTHON (interpreter for the venv, default python3.11), DESTA_HOME (model cache root, default ~/.cache/desta),
-#      DESTA_EXTRAS (pyproject extras to install, default deepspeed,test; the Docker image uses deepspeed).
+#      DESTA_EXTRAS (pyproject extras to install, default deepspeed,pipeline,ray,test; the Docker image leaves out
+#      test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3.11}"
 VENV=.venv
-EXTRAS="${DESTA_EXTRAS:-deepspeed,test}"
+EXTRAS="${DESTA_EXTRAS:-deepspeed,pipeline,ray,test}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DO_NOT_TRACK=true \
        MLFLOW_DISABLE_TELEMETRY=true DVC_NO_ANALYTICS=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
 

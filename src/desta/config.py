@@ -112,10 +112,21 @@ class PrepareConfig(_Strict):
     target_sample_rate: int
     shard_size: int = Field(gt=0)
     workers: int = Field(ge=1)
+    # Ray cluster that checks the audio (desta/data/ray_ingest.py): None -> `workers` local processes; "auto", a
+    # "HOST:6379" GCS address or "ray://HOST:10001" (Ray Client, KubeRay). Every node must reach the audio paths.
+    ray_address: str | None
     quality: QualityConfig
 
 
 # -------------------------------------------------------------------------------------------------------- generate
+class VLLMConfig(_Strict):
+    """vllm.LLM engine arguments for generate.backend: vllm (GPU)."""
+
+    tensor_parallel_size: int = Field(ge=1)  # GPUs per engine (one engine per Ray actor / local worker)
+    max_model_len: int | None = Field(gt=0)  # None -> the model's context length (lower it to fit the KV cache)
+    gpu_memory_utilization: float = Field(gt=0, le=1)  # share of each GPU vLLM may take (weights + KV cache)
+
+
 class GenerateConfig(_Strict):
     """`desta generate` (desta/selfgen/generate.py): the backbone LLM answers pool prompts about seed descriptions."""
 
@@ -137,10 +148,15 @@ class GenerateConfig(_Strict):
     top_p: float = Field(gt=0, le=1)
     batch_size: int = Field(gt=0)  # requests per forward pass (32: 4.7x a one-at-a-time loop on 2 CPU cores)
     shard_size: int = Field(gt=0)  # records per output shard (the unit of resume and of work per worker)
-    workers: int = Field(ge=1)  # processes; on GPUs worker i uses cuda:(i % device_count)
-    device: Literal["auto", "cpu", "cuda"]  # auto: cuda when available
-    dtype: Literal["float32", "bfloat16", "float16"]
+    workers: int = Field(ge=1)  # engines: local processes (GPU i % device_count each) or Ray actors
+    device: Literal["auto", "cpu", "cuda"]  # auto: cuda when available (on the Ray cluster when ray_address is set)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"]  # auto: bfloat16 on GPU, float32 on CPU
     backend: Literal["hf", "vllm"]
+    vllm: VLLMConfig
+    # Ray cluster for the engines (desta/selfgen/ray_run.py): None -> local processes; "auto", "HOST:6379" or
+    # "ray://HOST:10001" (Ray Client, KubeRay). Same records as the local path; docs/pipeline.md "Scaling out".
+    ray_address: str | None
+    ray_cpus_per_worker: float = Field(gt=0)  # CPUs each Ray actor reserves (its torch threads on a CPU cluster)
     system_prompt: str
     strip_echo: bool  # cut recited seed-description spans/attribute blocks from responses
     progress: bool  # tqdm bar with records/s, tokens/s and ETA

@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 # stage -> the modules (and packages) that are its own code
 STAGE_CODE = {
     "prepare": ("desta.data.prepare", "desta.data.corpora", "desta.data.demo", "desta.data.synth", "desta.data.tts",
-                "desta.data.quality"),
+                "desta.data.quality", "desta.data.ray_ingest"),
     "generate": ("desta.selfgen",),
     "validate": ("desta.validate",),
     "train": ("desta.train",),
@@ -95,6 +95,7 @@ def test_no_import_circle_between_units():
 NOT_CODE_DEPS = {
     "desta.tracking": "MLflow logging only",
     "desta.config": "types and bounds of settings; the values come from params.yaml (declared per key)",
+    "desta.ray_cluster": "connects to a Ray cluster; where the work runs never changes the outputs",
 }
 
 

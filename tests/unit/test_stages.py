@@ -16,7 +16,8 @@ from desta.stages import STAGES
 ROOT = Path(__file__).resolve().parents[2]
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 # keys that cannot change a stage's outputs, deliberately not declared in dvc.yaml (editing them re-runs nothing)
-NOT_DECLARED = {"prepare.workers", "generate.workers", "generate.progress", "train.progress", "train.log_every",
+NOT_DECLARED = {"prepare.workers", "prepare.ray_address", "generate.workers", "generate.ray_address",
+                "generate.ray_cpus_per_worker", "generate.progress", "train.progress", "train.log_every",
                 "train.num_workers", "train.feature_cache", "train.feature_cache_max_mb"}
 # stage -> params sections all of whose keys it must declare
 SECTIONS = {"prepare": ["prepare"], "generate": ["generate"], "validate": ["validate"], "train": ["train", "model"],

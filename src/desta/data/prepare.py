@@ -211,13 +211,23 @@ class _Ingest:
                 self.accept(source, recipe, entry, uri, result)
 
 
+def _check_pool(cfg: PrepareConfig) -> Any:
+    """Where the audio is checked: the Ray cluster at prepare.ray_address (desta/data/ray_ingest.py), `workers`
+    local processes, or this process (None)."""
+    if cfg.ray_address:
+        from desta.data.ray_ingest import RayCheckPool
+
+        return RayCheckPool(cfg.ray_address)
+    return mp.get_context("spawn").Pool(cfg.workers) if cfg.workers > 1 else None
+
+
 def ingest(sources: list[tuple[SourceConfig, Recipe, Any]], cfg: PrepareConfig, raw: Path, out_dir: Path,
            root: Path, progress: bool = True) -> dict[str, Any]:
     """Decode + check every entry (worker processes), drop duplicates by content hash, split, write shards and the
     quarantine report. Returns the summary (also written to out_dir/summary.json)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     q_tmp = out_dir / "quarantine.jsonl.tmp"
-    pool = mp.get_context("spawn").Pool(cfg.workers) if cfg.workers > 1 else None
+    pool = _check_pool(cfg)
     try:
         with open(q_tmp, "w", encoding="utf-8") as qf, tqdm(desc="prepare", unit="clip", disable=not progress) as bar:
             run = _Ingest(cfg, out_dir, root, qf, pool, bar)

@@ -53,7 +53,10 @@ def _decode(data: bytes, name: str) -> tuple[np.ndarray, int, int]:
     try:
         wave, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as err:  # libsndfile raises LibsndfileError / RuntimeError / TypeError
-        raise AudioError(name, "unreadable", f"cannot decode audio ({err}); supported: wav, flac, ogg, mp3; the file "
+        # error_string: libsndfile's message without the in-memory file's repr (an address that changes every run,
+        # which would make quarantine.jsonl differ between identical runs)
+        why = getattr(err, "error_string", None) or str(err)
+        raise AudioError(name, "unreadable", f"cannot decode audio ({why}); supported: wav, flac, ogg, mp3; the file "
                                              "may be corrupt or truncated") from None
     return wave, int(sr), int(wave.shape[1])
 

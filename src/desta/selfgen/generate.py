@@ -4,8 +4,10 @@ For every clip of `generate.splits`: seed description (describe.py) + `prompts_p
 the generator answers each with its chat template -> one record per (clip, prompt) (records.py). Output:
 `<paths.generated>/shard-NNNNN.jsonl` plus `generate.json` (fingerprint, per-shard counts). Resumable: finished
 shards are skipped; an interrupted shard keeps its flushed batches in `shard-NNNNN.jsonl.partial` and resumes after
-them (a SIGKILL loses at most the in-flight batch, never duplicates). Shards are a fixed function of the plan, so
-any worker count gives the same shards. See docs/selfgen.md.
+them (a SIGKILL loses at most the in-flight batch, never duplicates). Shards are a fixed function of the plan and
+sampling is seeded per record, so any worker count, host count or resume gives the same shards. Engines run in
+local processes (desta/selfgen/shards.py) or, with generate.ray_address, on a Ray cluster
+(desta/selfgen/ray_run.py). See docs/selfgen.md and docs/pipeline.md (Scaling out).
 """
 
 from __future__ import annotations
@@ -32,14 +34,15 @@ from desta.records import (
     write_state,
 )
 from desta.selfgen import templated
-from desta.selfgen.engine import Job, run_shards
 from desta.selfgen.prompts import Prompt, check_category_weights, load_pool, sample_prompts
+from desta.selfgen.shards import Job, Runtime, resolve_runtime, run_shards, visible_gpus
 from desta.selfgen.templated import TemplatedPrompt
 
 log = logging.getLogger(__name__)
 
 RECORD_FORMAT = 2  # bump when build_record changes: existing shards become stale (2: target_source)
 WALL_CLOCK_KEYS = ("seconds", "tokens_per_s")  # summary keys that vary from run to run
+RUN_ONLY_KEYS = (*WALL_CLOCK_KEYS, "workers")  # not written to generate.json: where and how fast it ran
 LLM_SOURCE = "llm"  # a record's `target_source` when generate.generator (the backbone, by default) wrote it
 
 
@@ -115,14 +118,17 @@ def shard_plan(items: list[Item], shard_size: int) -> list[list[Item]]:
     return [items[i:i + shard_size] for i in range(0, len(items), shard_size)]
 
 
-def provenance(params: Params, ref: str, digest: str) -> dict[str, Any]:
-    """The fields every record of the run carries: who generated it, how, and with which seed."""
+def provenance(params: Params, ref: str, digest: str, dtype: str) -> dict[str, Any]:
+    """The fields every record of the run carries: who generated it, how (`dtype` as resolved for the device the
+    engines run on), and with which seed."""
     g = params.generate
     gen_params = {"max_new_tokens": g.max_new_tokens, "do_sample": g.do_sample, "backend": g.backend,
-                  "system_prompt": g.system_prompt, "prompt_pool": load_pool().version, "dtype": g.dtype,
+                  "system_prompt": g.system_prompt, "prompt_pool": load_pool().version, "dtype": dtype,
                   "strip_echo": g.strip_echo}
     if g.do_sample:
-        gen_params |= {"temperature": g.temperature, "top_p": g.top_p}
+        gen_params |= {"temperature": g.temperature, "top_p": g.top_p, "seeding": "per-record"}
+    if g.backend == "vllm":
+        gen_params |= {"tensor_parallel_size": g.vllm.tensor_parallel_size}
     return {"generator": ref, "generator_hash": digest, "gen_params": gen_params, "seed": g.seed}
 
 
@@ -172,25 +178,38 @@ def _prepare_out_dir(out: Path, fp: str, n_shards: int) -> dict[str, Any]:
 
 def run_generate(params: Params) -> dict[str, Any]:
     """Stage entry: generate (or, with generate.import_aqa set, import) the training set. Returns a summary."""
-    from desta.tracking import stage_run
-
     g = params.generate
     if g.import_aqa:
         from desta.selfgen.aqa_import import import_aqa
 
         return import_aqa(params, Path(g.import_aqa), data_root=None)
     ref, model_dir, digest = resolve_generator(params)
-    prov = provenance(params, ref, digest)
+    if not g.ray_address:
+        return _generate(params, ref, model_dir, digest, None)
+    from desta.ray_cluster import ray_cluster
+
+    with ray_cluster(g.ray_address, "generate.ray_address") as cluster:
+        return _generate(params, ref, model_dir, digest, cluster)
+
+
+def _generate(params: Params, ref: str, model_dir: Path, digest: str, cluster: Any) -> dict[str, Any]:
+    """Plan, resume bookkeeping, the engines (local processes, or the Ray `cluster` when given), summary."""
+    from desta.tracking import stage_run
+
+    g = params.generate
+    rt = resolve_runtime(g, int(cluster.gpus) if cluster else visible_gpus(g))
+    prov = provenance(params, ref, digest, rt.dtype)
     shards = shard_plan(plan(params), g.shard_size)
     out = Path(params.paths.generated)
     state = _prepare_out_dir(out, fingerprint(prov, shards), len(shards))
     todo = [i for i in range(len(shards)) if not shard_path(out, i).is_file()]
-    log.info("generate: %d records in %d shards (%d to do) with %s [%s]", sum(map(len, shards)), len(shards),
-             len(todo), ref, digest[:19])
+    log.info("generate: %d records in %d shards (%d to do) with %s [%s] on %s (%s, %s)", sum(map(len, shards)),
+             len(shards), len(todo), ref, digest[:19], f"Ray {cluster.address}" if cluster else "this machine",
+             rt.device, rt.dtype)
     with stage_run(params, "generate", g) as tracker:
         t0 = time.perf_counter()
-        jobs = {i: [job_for(it, prov, g.system_prompt) for it in shards[i]] for i in todo}
-        stats = run_shards(g, str(model_dir), jobs, out, state)
+        stats = _run_engines(params, rt, cluster, ref, str(model_dir), digest,
+                             {i: [job_for(it, prov, g.system_prompt) for it in shards[i]] for i in todo}, out, state)
         elapsed = time.perf_counter() - t0
         rejected = count_rejected(out)
         if rejected:
@@ -201,10 +220,20 @@ def run_generate(params: Params) -> dict[str, Any]:
                    "generated_records": stats["records"], "new_tokens": stats["tokens"],
                    "seconds": round(elapsed, 1), "tokens_per_s": round(stats["tokens"] / elapsed, 1) if todo else 0.0,
                    "generator": ref, "generator_hash": digest, "out": str(out), "workers": g.workers}
-        # generate.json is inside a DVC output: wall-clock figures stay out of it (MLflow and the log have them)
-        state["summary"] = {k: v for k, v in summary.items() if k not in WALL_CLOCK_KEYS}
+        # generate.json is inside a DVC output: wall-clock figures and the worker count stay out of it (MLflow and
+        # the log have them), so the file is the same whatever ran it
+        state["summary"] = {k: v for k, v in summary.items() if k not in RUN_ONLY_KEYS}
         write_state(out, state)
         tracker.log_metrics({k: summary[k] for k in ("records", "rejected", "generated_records", "new_tokens",
                                                      "seconds", "tokens_per_s")})
         tracker.log_artifact(out / STATE_FILE)
     return summary
+
+
+def _run_engines(params: Params, rt: Runtime, cluster: Any, ref: str, model_dir: str, digest: str,
+                 jobs: dict[int, list[Job]], out: Path, state: dict[str, Any]) -> dict[str, int]:
+    if cluster is None:
+        return run_shards(params.generate, model_dir, rt, jobs, out, state)
+    from desta.selfgen.ray_run import generate_on_ray
+
+    return generate_on_ray(params.generate, ref, str(params.model_cache_dir()), digest, rt, jobs, out, state)
