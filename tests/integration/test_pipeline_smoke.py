@@ -5,6 +5,7 @@ validation gate failing a run on a real Prefect server, and a full ephemeral ret
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -108,7 +109,8 @@ def test_champion_is_served_by_mlflow_models_serve(workspace, mlflow_server, s3_
     try:
         wait_http(f"http://127.0.0.1:{port}/ping", proc, log, timeout=180)
         clip = next((workspace / "data/raw/demo").rglob("*.wav"))
-        body = {"dataframe_records": [{"audio": str(clip), "instruction": "Describe the audio."}],
+        audio = base64.b64encode(clip.read_bytes()).decode()  # server paths are refused unless serve_audio_root
+        body = {"dataframe_records": [{"audio": audio, "instruction": "Describe the audio."}],
                 "params": {"max_new_tokens": 8}}
         answer = _search(f"http://127.0.0.1:{port}/invocations", body)
         assert isinstance(answer["predictions"][0]["answer"], str) and answer["predictions"][0]["answer"].strip()
