@@ -1,5 +1,6 @@
 """Shared test set-up: offline/telemetry-off environment from the start of the session, and the server fixtures
-(`s3_server` from tests/fixtures_s3.py; `mlflow_server`, `prefect_server` from tests/fixtures_servers.py)."""
+(`s3_server`, `s3_restartable` from tests/fixtures_s3.py; `mlflow_server`, `mlflow_restartable`, `prefect_server`
+from tests/fixtures_servers.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from fixtures_s3 import s3_server  # noqa: F401  (pytest fixture re-exported for every test)
-from fixtures_servers import mlflow_server, prefect_server  # noqa: F401
+from fixtures_s3 import s3_restartable, s3_server  # noqa: F401  (pytest fixtures re-exported for every test)
+from fixtures_servers import mlflow_restartable, mlflow_server, prefect_server  # noqa: F401
 
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DO_NOT_TRACK": "true",
@@ -45,13 +46,18 @@ def pytest_unconfigure(config) -> None:
         shutil.rmtree(home, ignore_errors=True)
 
 
+LEAKY_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+
+
 @pytest.fixture(autouse=True)
 def _no_leaked_tracking_uri():
-    """`mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI into os.environ; without this, one test's store
-    would become the default of every later test and of the subprocesses they start."""
-    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    """`mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI into os.environ (and desta.tracking sets MLflow's
+    HTTP retry/time-out variables from params `io:`); without this, one test's settings would become the default of
+    every later test and of the subprocesses they start."""
+    saved = {k: os.environ.get(k) for k in LEAKY_ENV}
     yield
-    if saved is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = saved
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -1,6 +1,8 @@
 """Pytest fixtures for real servers on loopback, started and stopped by the test session (no mocks):
 `mlflow_server` (SQLite backend, artifacts proxied to the `s3_server` bucket) and `prefect_server`
 (`prefect server start`, SQLite). Registered for every test by tests/conftest.py.
+`mlflow_restartable` (module scope) yields an `MlflowProcess` whose `stop()` / `start()` (a crash) and `pause()` /
+`resume()` (a stall) cut the tracking server mid-stage (same port, SQLite file and artifacts: runs survive).
 """
 
 from __future__ import annotations
@@ -93,3 +95,54 @@ def prefect_server(tmp_path_factory) -> Iterator[Server]:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
+
+
+class MlflowProcess:
+    """`mlflow server` (SQLite, local proxied artifacts) that a test can stop and start again on the same port."""
+
+    def __init__(self, root: Path):
+        self.root, self.port = root, _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = root / "mlflow.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
+               "--artifacts-destination", str(self.root / "artifacts")]
+        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        with self.log.open("ab") as fh:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_http(f"{self.url}/health", self.proc, self.log)
+
+    def stop(self) -> None:
+        """Killed (SIGKILL, as a crash): connections are refused until `start`."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait(timeout=15)
+        self.proc = None
+
+    def pause(self) -> None:
+        """Stalled (SIGSTOP): connections are accepted but never answered, so clients run into their time-outs."""
+        os.killpg(self.proc.pid, 19)
+
+    def resume(self) -> None:
+        os.killpg(self.proc.pid, 18)
+
+    def ensure_running(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+        else:
+            self.resume()
+
+
+@pytest.fixture(scope="module")
+def mlflow_restartable(tmp_path_factory) -> Iterator[MlflowProcess]:
+    """One per test module (a start costs seconds); a test that stops or pauses it calls `ensure_running` first."""
+    server = MlflowProcess(tmp_path_factory.mktemp("mlflow-outage"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.ensure_running()
+        server.stop()

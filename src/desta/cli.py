@@ -9,6 +9,7 @@ plus `chat`, `models`, `import-aqa` and `evaluate --compare`.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -109,11 +110,28 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
-        if args.verbose:
+    except Exception as err:
+        if args.verbose or not _expected(err):
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 1
+
+
+def _expected(err: Exception) -> bool:
+    """Errors a user can act on, shown in one line (bugs keep their traceback; -v shows it for every error)."""
+    if isinstance(err, FileNotFoundError | ValueError | KeyError | RuntimeError):
+        return True
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES):
+        return True
+    return type(err).__module__.startswith(("mlflow.", "botocore.", "boto3."))
+
+
+def _one_line(err: Exception) -> str:
+    from desta.io_retry import redact_url
+
+    text = str(err) if not isinstance(err, OSError) or not err.strerror else \
+        f"{err.filename or ''}: {err.strerror}; free space or fix the permissions and rerun".lstrip(": ")
+    return redact_url(text)
 
 
 def _dispatch(args: argparse.Namespace, params: Any) -> int:

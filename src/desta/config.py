@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from desta.config_checks import Layers, cross_field, pydantic_problems, report
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 
@@ -105,7 +107,7 @@ class QualityConfig(_Strict):
 
 
 class PrepareConfig(_Strict):
-    sources: list[SourceConfig]
+    sources: list[SourceConfig] = Field(min_length=1)  # at least one corpus; names unique
     valid_fraction: float = Field(ge=0, lt=1)
     test_fraction: float = Field(ge=0, lt=1)
     split_seed: str  # salt of the stable hash split
@@ -292,6 +294,9 @@ class TrackingConfig(_Strict):
     champion_metric: str
     champion_greater_is_better: bool
     s3_endpoint_url: str | None  # None -> $AWS_ENDPOINT_URL / $MLFLOW_S3_ENDPOINT_URL; credentials: env only
+    # register: the served pyfunc also reads `audio` given as a file path, only under this server-side folder
+    # (regular files inside it); None: base64 audio bytes only
+    serve_audio_root: str | None
 
 
 class PipelineConfig(_Strict):
@@ -304,6 +309,19 @@ class PipelineConfig(_Strict):
     dvc_remote: str | None  # e.g. s3://desta-dvc/cache; endpoint from tracking.s3_endpoint_url/$AWS_ENDPOINT_URL
 
 
+class IOConfig(_Strict):
+    """Transient I/O of every stage (S3 sources, MLflow, the judge endpoint; desta/io_retry.py): a failed request is
+    retried after waits doubling from `backoff_s` (capped at `max_wait_s`), at most `retries` times, then the stage
+    fails in one line naming the endpoint. During training an MLflow outage only delays the metrics (queued, sent
+    when the server answers again, else kept in .desta/tracking-outbox/ and sent by the next stage)."""
+
+    retries: int = Field(ge=0)  # after the first attempt
+    backoff_s: float = Field(ge=0)
+    max_wait_s: float = Field(ge=0)
+    timeout_s: float = Field(gt=0)  # connect/read time-out of one S3 or MLflow request
+    judge_timeout_s: float = Field(gt=0)  # one judge request (an LLM endpoint answers slowly)
+
+
 class Params(_Strict):
     paths: PathsConfig
     model: ModelConfig
@@ -314,6 +332,7 @@ class Params(_Strict):
     evaluate: EvaluateConfig
     tracking: TrackingConfig
     pipeline: PipelineConfig
+    io: IOConfig
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
 
@@ -331,36 +350,23 @@ def model_cache_dir(configured: str | None = None) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "desta" / "models"
 
 
-def _format_errors(source: str, err: ValidationError) -> str:
-    lines = [f"{source}: invalid settings ({err.error_count()} problem(s)):"]
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]).replace("validate_", "validate")
-        if e["type"] == "missing":
-            lines.append(f"  - {key}: missing; every setting is written in the params file (the repository's "
-                         f"params.yaml lists each one with its default): add `{key.rsplit('.', 1)[-1]}:` there")
-        elif e["type"] == "extra_forbidden":
-            parent = key.rsplit(".", 1)[0] if "." in key else "the top level"
-            lines.append(f"  - {key}: unknown key; remove it or fix its spelling (allowed keys are those of "
-                         f"`{parent}` in desta/config.py)")
-        else:
-            got = e.get("input")
-            got_s = "" if isinstance(got, dict | list) else f" (got {got!r})"
-            lines.append(f"  - {key}: {e['msg']}{got_s}")
-    return "\n".join(lines)
-
-
 def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
     """`["train.lr=3e-4", "model.lora.enabled=true"]` -> nested dict; values are parsed as YAML scalars."""
     nested: dict[str, Any] = {}
     for item in overrides or []:
         if "=" not in item:
-            raise ParamsError(f"override {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
+            raise ParamsError(f"override -S {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
         key, raw = item.split("=", 1)
         node = nested
         parts = key.strip().split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+            if not isinstance(node, dict):
+                raise ParamsError(f"override -S {item!r}: {p} is set twice, once as a value and once as a section")
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ParamsError(f"override -S {item!r}: the value is not valid YAML ({err.problem})") from None
     return nested
 
 
@@ -371,27 +377,41 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def params_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Params:
+def params_from_dict(raw: dict[str, Any], source: str = "<dict>", layers: Layers | None = None) -> Params:
+    """Validate merged settings; `layers` (the file, then profiles / merges, then each `-S`) let an error name
+    where the bad value was set. Cross-field checks run after the per-key ones."""
+    layers = layers or [(source, raw)]
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as err:
-        raise ParamsError(_format_errors(source, err)) from None
+        raise ParamsError(report(layers, pydantic_problems(err))) from None
+    problems = cross_field(params, raw)
+    if problems:
+        raise ParamsError(report(layers, problems))
+    return params
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS, overrides: list[str] | None = None,
-                merge: dict[str, Any] | None = None) -> Params:
+                merge: dict[str, Any] | None = None, merge_source: str = "merged settings") -> Params:
     """Read and validate the whole params file (every section) so a bad key fails before any stage starts.
-    `merge` (a nested dict, e.g. {"train": {"max_steps": 4}}) is deep-merged before the `-S` overrides."""
+    `merge` (a nested dict, e.g. {"train": {"max_steps": 4}}; named `merge_source` in errors) is deep-merged before
+    the `-S` overrides. An error names where the bad value came from: the file, the merge or the `-S` item."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found; run from the project root or pass --params PATH")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ParamsError(f"{path}: not a text file (byte {err.start} is not UTF-8); a params file is YAML text like "
+                          "the repository's params.yaml") from None
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: top level must be a mapping of sections (paths, model, prepare, ...)")
-    return params_from_dict(deep_merge(deep_merge(raw, merge or {}), parse_overrides(overrides)), str(path))
+    layers: Layers = [(str(path), raw), (merge_source, merge or {})]
+    layers += [(f"-S {item}", parse_overrides([item])) for item in overrides or []]
+    merged = deep_merge(deep_merge(raw, merge or {}), parse_overrides(overrides))
+    return params_from_dict(merged, str(path), layers)
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

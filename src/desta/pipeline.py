@@ -50,8 +50,10 @@ def merged_params(base: Path, profile: str | None, root: Path = Path(".")) -> di
     raw = yaml.safe_load(base.read_text()) or {}
     if profile:
         path = profile_path(profile, root)
-        raw = deep_merge(raw, yaml.safe_load(path.read_text()) or {})
-        params_from_dict(raw, f"{base} + {path}")  # fail now, naming both files
+        overlay = yaml.safe_load(path.read_text()) or {}
+        merged = deep_merge(raw, overlay)
+        params_from_dict(merged, str(base), [(str(base), raw), (f"profile {path}", overlay)])  # fail now, naming
+        raw = merged  # the file that set the bad value
     return raw
 
 

@@ -1,14 +1,15 @@
 """Model registry: the trained model as an MLflow pyfunc, its registration, and the `champion` alias.
 
 Run: `desta register` (the pipeline's last stage; `dvc repro register`). Logs `paths.model` as a pyfunc whose
-`predict` takes a DataFrame with columns `audio` (a file path or base64-encoded WAV/FLAC bytes) and `instruction`
-and returns one `answer` per row, so `mlflow models serve -m models:/desta-audio@champion --env-manager local`
-answers audio + instruction requests; the logged model carries the project wheel and requires it (with its
-declared dependencies), so `--env-manager virtualenv` builds a working environment too. The alias `champion` moves
-only when `tracking.champion_metric` in `<paths.eval>/metrics.json` beats the current champion's value. Writes
-`<paths.eval>/registry.json` (the DVC out).
+`predict` takes a DataFrame with columns `audio` (base64-encoded WAV/FLAC bytes, or a server-side path under
+tracking.serve_audio_root) and `instruction` and returns one `answer` per row, so
+`mlflow models serve -m models:/desta-audio@champion --env-manager local` answers audio + instruction requests; the
+logged model carries the project wheel and requires it (with its declared dependencies), so `--env-manager
+virtualenv` builds a working environment too. The alias `champion` moves only when `tracking.champion_metric` in
+`<paths.eval>/metrics.json` beats the current champion's value. Writes `<paths.eval>/registry.json` (the DVC out).
 The frozen backbones are not copied into the model: they are resolved from the offline model store on load
-(the checkpoint records their hashes and refuses mismatching ones).
+(the checkpoint records their hashes and refuses mismatching ones). The served model reads audio paths only under
+tracking.serve_audio_root (null: base64 bytes only); a tracking server that stays away fails the stage in one line.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import Any
 
 from desta.config import Params
 from desta.conversation import inference_messages
-from desta.tracking import numeric_metrics, stage_run
+from desta.io_retry import RetryPolicy
+from desta.tracking import mlflow_call, numeric_metrics, stage_run, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +38,41 @@ class RegistryError(ValueError):
     """Missing model or metrics, or a champion metric that evaluation did not produce."""
 
 
-def _audio_to_path(value: str, tmp: Path, i: int) -> str:
-    """A path is used as is; anything else must be base64 audio bytes (written to a temp file)."""
-    if Path(value).is_file():
-        return value
-    try:
-        data = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise RegistryError(f"row {i}: column `audio` is neither an existing file path nor base64 audio bytes "
-                            f"(got {value[:60]!r}); send a server-side path or base64 of a WAV/FLAC file") from None
+def _audio_to_path(value: str, tmp: Path, i: int, root: str | None = None) -> str:
+    """The row's audio as a private temp file the model reads. `value` is base64 audio bytes or, only when the
+    model was registered with tracking.serve_audio_root, a path to a regular file inside that folder (symlinks
+    followed, then checked). Every refused value gets the same error, so a request cannot probe which server paths
+    exist."""
+    data = _file_under(value, root) if root else None
+    if data is None:
+        try:
+            data = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            data = None
+    if not data:
+        allowed = f"or the path of a file under the server's audio root {root}" if root else \
+            "(this model reads no server paths: tracking.serve_audio_root is null)"
+        raise RegistryError(f"row {i}: column `audio` must be base64 of a WAV/FLAC/OGG/MP3 file {allowed}")
     path = tmp / f"audio-{i}.bin"
     path.write_bytes(data)
     return str(path)
+
+
+def _file_under(value: str, root: str) -> bytes | None:
+    """The bytes of `value` when it names a regular file inside `root`; None for anything else (outside, missing,
+    a FIFO or device, unreadable), without telling which."""
+    from desta.data.remote import UnsafePath, read_regular
+
+    if len(value) > 4096 or "\0" in value:
+        return None
+    base = Path(root).resolve()
+    target = (base / value).resolve()
+    if base not in target.parents:
+        return None
+    try:
+        return read_regular(target)
+    except (OSError, UnsafePath):
+        return None
 
 
 def _pyfunc_class():
@@ -64,6 +89,7 @@ def _pyfunc_class():
 
             self.model = DeSTA25AudioModel.from_pretrained(context.artifacts["model_dir"])
             self.model.eval()
+            self.audio_root = (getattr(context, "model_config", None) or {}).get("audio_root")
 
         def predict(self, context, model_input, params: dict[str, Any] | None = None):
             import pandas as pd
@@ -74,7 +100,8 @@ def _pyfunc_class():
                 raise RegistryError(f"request is missing column(s) {sorted(missing)}; send columns audio, instruction")
             max_new = int((params or {}).get("max_new_tokens", self.max_new_tokens))
             with tempfile.TemporaryDirectory(prefix="desta-serve-") as tmp:
-                convs = [inference_messages(str(row.instruction), [_audio_to_path(str(row.audio), Path(tmp), i)])
+                root = getattr(self, "audio_root", None)
+                convs = [inference_messages(str(row.instruction), [_audio_to_path(str(row.audio), Path(tmp), i, root)])
                          for i, row in enumerate(frame.itertuples(index=False))]
                 results = self.model.generate(convs, max_new_tokens=max_new)
             return pd.DataFrame({"answer": [r.text for r in results]})
@@ -193,27 +220,35 @@ def run_register(params: Params) -> dict[str, Any]:
 
 
 def _log_and_register(params: Params, tracker, model_dir: Path, value: float) -> dict[str, Any]:
+    """Each call to the server is retried while it is away (params `io:`), then fails in one line."""
     import mlflow
     from mlflow import MlflowClient
 
     cfg, metric = params.tracking, params.tracking.champion_metric.replace(".", "/")
+    uri, policy = tracking_uri(cfg), RetryPolicy.from_config(params.io)
+
+    def call(what: str, fn):
+        return mlflow_call(fn, what, uri, policy)
+
     hashes = model_hashes(model_dir)
     tracker.log_metrics({metric: value})
     tracker.set_tags({f"desta.model_hash.{k}": v for k, v in hashes.items()})
     with tempfile.TemporaryDirectory(prefix="desta-wheel-") as tmp:
         wheel = build_wheel(Path(tmp))
-        info = mlflow.pyfunc.log_model(
+        info = call("log the pyfunc model", lambda: mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT, python_model=_pyfunc_class()(), signature=signature(),
             artifacts={"model_dir": str(model_dir), WHEEL_ARTIFACT: str(wheel)},
             pip_requirements=[f"artifacts/{wheel.name}"],  # the project itself, with its declared dependencies
-            metadata={"model_hashes": hashes, "champion_metric": metric, "value": value})
+            model_config={"audio_root": cfg.serve_audio_root},
+            metadata={"model_hashes": hashes, "champion_metric": metric, "value": value}))
     client = MlflowClient()
-    prev_version, prev_value = champion_value(client, cfg.registered_model, metric)
-    mv = mlflow.register_model(info.model_uri, cfg.registered_model)
+    prev_version, prev_value = call("read the champion", lambda: champion_value(client, cfg.registered_model, metric))
+    mv = call("register the model", lambda: mlflow.register_model(info.model_uri, cfg.registered_model))
     promoted = is_better(value, prev_value, cfg.champion_greater_is_better)
     if promoted:
-        client.set_registered_model_alias(cfg.registered_model, ALIAS, mv.version)
-    client.set_model_version_tag(cfg.registered_model, mv.version, metric, str(value))
+        call("move the champion alias",
+             lambda: client.set_registered_model_alias(cfg.registered_model, ALIAS, mv.version))
+    call("tag the version", lambda: client.set_model_version_tag(cfg.registered_model, mv.version, metric, str(value)))
     return {"model": cfg.registered_model, "version": int(mv.version), "run_id": tracker.run_id,
             "model_uri": f"models:/{cfg.registered_model}/{mv.version}", "metric": metric, "value": value,
             "previous_champion": prev_version, "previous_value": prev_value, "promoted": promoted,

@@ -1,4 +1,5 @@
 """MLflow + S3 helpers: every stage logs into one nested run under the pipeline's parent run.
+`python -m desta.tracking` delivers tracking calls kept while the server was away (see below).
 
 Nothing happens at import. `stage_run(params, "train")` opens a run (nested under $DESTA_PARENT_RUN_ID when a
 pipeline set one), logs the stage's flattened params, and yields a tracker; with `tracking.enabled: false` the
@@ -6,6 +7,10 @@ tracker is a silent no-op so stages run the same either way. Embedded default: s
 Each stage run records its inputs as `mlflow.data` datasets whose digests are the DVC hashes from dvc.lock (dataset
 lineage), the git commit and the backbone references. `parent_run` opens the pipeline's parent run (used by the
 Prefect flow and `python -m desta.pipeline repro`); without one, stage runs are top-level, tagged `desta.stage`.
+
+Outages (params `io:`): reaching the server when a run starts is retried with backoff, then the stage fails in one
+line naming the server; once a run is open, every call goes through desta/tracking_outbox.py, so a server that goes
+away mid-stage only delays the metrics, and the run is always closed (FINISHED, or FAILED when the stage raised).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import subprocess
 import warnings
@@ -21,7 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from desta.config import Params, TrackingConfig, flatten
+from desta.config import IOConfig, Params, TrackingConfig, flatten
+from desta.io_retry import RetryPolicy, redact_url, retry
 
 log = logging.getLogger(__name__)
 
@@ -40,21 +47,35 @@ def tracking_uri(cfg: TrackingConfig) -> str:
     return cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
 
 
-def configure_env(cfg: TrackingConfig) -> None:
-    """Offline-safe defaults (telemetry off) and the S3 endpoint for artifacts; credentials stay in the env."""
+def configure_env(cfg: TrackingConfig, io: IOConfig | None = None) -> None:
+    """Offline-safe defaults (telemetry off) and the S3 endpoint for artifacts; credentials stay in the env. With
+    `io`, MLflow's own HTTP retries are turned off and its time-out set: `mlflow_call` retries with params `io:`."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     endpoint = cfg.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", endpoint)
+    if io is not None:
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(math.ceil(io.timeout_s))
+
+
+def mlflow_call(fn: Any, what: str, uri: str, policy: RetryPolicy) -> Any:
+    """`fn()` against the tracking server, retried on outages; EndpointError (one line) when it stays away."""
+    from desta.tracking_outbox import transient
+
+    return retry(fn, what=f"MLflow tracking server {uri}: {what}", policy=policy, transient=transient,
+                 hint="Check that the server is up and tracking.tracking_uri / $MLFLOW_TRACKING_URI, or set "
+                      "tracking.enabled: false to run without tracking")
 
 
 def safe_params(d: dict[str, Any]) -> dict[str, str]:
-    """Flatten and stringify params for MLflow; drop anything that looks like a secret."""
+    """Flatten and stringify params for MLflow; drop anything that looks like a secret, redact credentials written
+    inside URLs."""
     out = {}
     for k, v in flatten(d).items():
         if any(m in k.lower() for m in SECRET_MARKERS):
             continue
-        s = str(v)
+        s = redact_url(str(v))
         out[k] = s if len(s) <= 6000 else s[:5997] + "..."
     return out
 
@@ -68,51 +89,43 @@ def git_commit() -> str | None:
 
 
 class StageTracker:
-    """What a stage logs through; a disabled tracker accepts the same calls and does nothing."""
+    """What a stage logs through; a disabled tracker accepts the same calls and does nothing. Calls go through the
+    run's outbox (queued while the server is away)."""
 
-    def __init__(self, run: Any | None):
-        self.run = run
+    def __init__(self, run: Any | None, outbox: Any | None = None):
+        self.run, self.outbox = run, outbox
         self.run_id: str | None = run.info.run_id if run is not None else None
+        self.end_status: str | None = None  # how open_run closes the run when the block ends normally (FINISHED)
 
     @property
     def enabled(self) -> bool:
         return self.run is not None
 
+    def _put(self, op: dict[str, Any]) -> None:
+        if self.outbox is not None:
+            self.outbox.put(op)
+
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        if self.run is None:
-            return
-        import mlflow
+        from desta.tracking_outbox import now_ms
 
         clean = {k.replace("@", "_at_"): float(v) for k, v in metrics.items() if v is not None}
-        mlflow.log_metrics(clean, step=step)
+        if clean:
+            self._put({"kind": "metrics", "values": clean, "step": step, "ts": now_ms()})
 
     def log_params(self, params: dict[str, Any]) -> None:
-        if self.run is not None:
-            import mlflow
-
-            mlflow.log_params(safe_params(params))
+        if params:
+            self._put({"kind": "params", "values": safe_params(params)})
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        if self.run is not None:
-            import mlflow
-
-            mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        if tags:
+            self._put({"kind": "tags", "values": {k: redact_url(str(v)) for k, v in tags.items()}})
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        if self.run is None or not Path(path).exists():
-            return
-        import mlflow
-
-        if Path(path).is_dir():
-            mlflow.log_artifacts(str(path), artifact_path=artifact_path)
-        else:
-            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        if Path(path).exists():
+            self._put({"kind": "artifact", "path": str(path), "artifact_path": artifact_path})
 
     def log_dict(self, d: dict[str, Any], name: str) -> None:
-        if self.run is not None:
-            import mlflow
-
-            mlflow.log_dict(d, name)
+        self._put({"kind": "dict", "values": json.loads(json.dumps(d, default=str)), "name": name})
 
 
 @contextmanager
@@ -122,29 +135,66 @@ def stage_run(params: Params, stage: str, section: Any | None = None) -> Iterato
     if not cfg.enabled:
         yield StageTracker(None)
         return
-    import mlflow
-
-    tags = connect(cfg, {"desta.stage": stage})
+    tags = connect(cfg, {"desta.stage": stage}, params.io)
     parent = os.environ.get(PARENT_ENV)
     if os.environ.get(PIPELINE_ENV):
         tags["desta.pipeline_id"] = os.environ[PIPELINE_ENV]
     tags.update({"desta.model.encoder": params.model.encoder, "desta.model.llm": params.model.llm})
-    with mlflow.start_run(run_name=stage, tags=tags, nested=bool(parent), parent_run_id=parent or None) as run:
-        tracker = StageTracker(run)
+    with open_run(params, run_name=stage, tags=tags, nested=bool(parent), parent_run_id=parent or None) as tracker:
         payload = section.model_dump(mode="json") if section is not None else {}
         tracker.log_params({f"{stage}.{k}": v for k, v in flatten(payload).items()} if payload else {})
-        log_lineage(params, stage)
+        uri, policy = tracking_uri(cfg), RetryPolicy.from_config(params.io)
+        mlflow_call(lambda: log_lineage(params, stage), "log dataset lineage", uri, policy)
         yield tracker
 
 
-def connect(cfg: TrackingConfig, tags: dict[str, str]) -> dict[str, str]:
-    """Point MLflow at the configured server and experiment (credentials/endpoint env, tracking URI, experiment
-    created if missing); returns `tags` plus the git commit when there is one, for the run about to start."""
+@contextmanager
+def open_run(params: Params, **start: Any) -> Iterator[StageTracker]:
+    """Start an MLflow run (retried while the server is away) with an outbox for its calls; on exit the outbox is
+    drained and the run closed FINISHED, or FAILED when the body raised (spooled when the server is away)."""
     import mlflow
 
-    configure_env(cfg)
-    mlflow.set_tracking_uri(tracking_uri(cfg))
-    ensure_experiment(cfg)
+    from desta.tracking_outbox import Outbox, now_ms
+
+    uri, policy = tracking_uri(params.tracking), RetryPolicy.from_config(params.io)
+    run = mlflow_call(lambda: mlflow.start_run(**start), f"start run {start.get('run_name')!r}", uri, policy)
+    outbox = Outbox(uri, run.info.run_id, policy, background=uri.startswith(("http://", "https://")))
+    tracker, status = StageTracker(run, outbox), "FAILED"
+    try:
+        yield tracker
+        status = tracker.end_status or "FINISHED"
+    finally:
+        _detach(run.info.run_id)
+        outbox.close({"kind": "terminate", "status": status, "end_time": now_ms()})
+
+
+def _detach(run_id: str) -> None:
+    """Take the run off MLflow's active-run stack without a server call (the outbox sends its final status)."""
+    from mlflow.tracking import fluent
+
+    stack = fluent._active_run_stack.get()
+    if stack and stack[-1].info.run_id == run_id:
+        stack.pop()
+        fluent.MLFLOW_RUN_ID.unset()
+
+
+def connect(cfg: TrackingConfig, tags: dict[str, str], io: IOConfig | None = None) -> dict[str, str]:
+    """Point MLflow at the configured server and experiment (credentials/endpoint env, tracking URI, experiment
+    created if missing; retried with params `io:`, then one-line EndpointError) and deliver calls spooled during an
+    earlier outage; returns `tags` plus the git commit when there is one, for the run about to start."""
+    import mlflow
+
+    from desta.tracking_outbox import sync
+
+    configure_env(cfg, io)
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    if io is None:
+        ensure_experiment(cfg)
+    else:
+        policy = RetryPolicy.from_config(io)
+        mlflow_call(lambda: ensure_experiment(cfg), f"open experiment {cfg.experiment!r}", uri, policy)
+        sync(uri, policy)
     commit = git_commit()
     return {**tags, "mlflow.source.git.commit": commit} if commit else dict(tags)
 
@@ -202,8 +252,6 @@ def job_run(params: Params, stage: str, section: Any, state_dir: str | Path, is_
     if not is_main or not params.tracking.enabled:
         yield StageTracker(None)
         return
-    import mlflow
-
     run_file = Path(state_dir) / RUN_FILE
     previous = previous_job_run(params, run_file, resumed)
     with (continued_run(params, stage, section, previous) if previous else stage_run(params, stage, section)) as t:
@@ -214,7 +262,7 @@ def job_run(params: Params, stage: str, section: Any, state_dir: str | Path, is_
             tmp.replace(run_file)
         yield t
         if not complete():
-            mlflow.end_run("KILLED")
+            t.end_status = "KILLED"
             return
     run_file.unlink(missing_ok=True)
 
@@ -251,13 +299,12 @@ def continued_run(params: Params, stage: str, section: Any, run_id: str) -> Iter
     MLflow: keys logged by an earlier launch keep their first value (a changed one is recorded as a tag)."""
     import mlflow
 
-    connect(params.tracking, {})
-    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None) as run:
-        tracker = StageTracker(run)
-        logged = run.data.params
+    connect(params.tracking, {}, params.io)
+    with open_run(params, run_id=run_id, nested=mlflow.active_run() is not None) as tracker:
+        logged = tracker.run.data.params
         payload = safe_params({f"{stage}.{k}": v for k, v in flatten(section.model_dump(mode="json")).items()})
         tracker.log_params({k: v for k, v in payload.items() if k not in logged})
-        launches = int(run.data.tags.get("desta.launches", "1")) + 1
+        launches = int(tracker.run.data.tags.get("desta.launches", "1")) + 1
         tracker.set_tags({"desta.launches": launches, **{f"desta.launch{launches}.{k}": v for k, v in payload.items()
                                                          if k in logged and logged[k] != v}})
         yield tracker
@@ -325,13 +372,10 @@ def parent_run(params: Params, name: str = "pipeline", tags: dict[str, str] | No
     if not cfg.enabled:
         yield StageTracker(None)
         return
-    import mlflow
-
-    all_tags = connect(cfg, {"desta.pipeline": name, **(tags or {})})
+    all_tags = connect(cfg, {"desta.pipeline": name, **(tags or {})}, params.io)
     saved = {k: os.environ.get(k) for k in (PARENT_ENV, PIPELINE_ENV)}
-    with mlflow.start_run(run_name=name, tags=all_tags) as run:
-        os.environ[PARENT_ENV] = os.environ[PIPELINE_ENV] = run.info.run_id
-        tracker = StageTracker(run)
+    with open_run(params, run_name=name, tags=all_tags) as tracker:
+        os.environ[PARENT_ENV] = os.environ[PIPELINE_ENV] = tracker.run_id
         tracker.log_params(params.model_dump(mode="json", by_alias=True))
         try:
             yield tracker
@@ -348,12 +392,10 @@ def child_run(params: Params, name: str, tags: dict[str, str] | None = None) -> 
     if not cfg.enabled:
         yield StageTracker(None)
         return
-    import mlflow
-
-    all_tags = connect(cfg, dict(tags or {}))
+    all_tags = connect(cfg, dict(tags or {}), params.io)
     parent = os.environ.get(PARENT_ENV)
-    with mlflow.start_run(run_name=name, tags=all_tags, nested=bool(parent), parent_run_id=parent or None) as run:
-        yield StageTracker(run)
+    with open_run(params, run_name=name, tags=all_tags, nested=bool(parent), parent_run_id=parent or None) as tracker:
+        yield tracker
 
 
 def log_pipeline_outputs(params: Params, tracker: StageTracker, lock_path: str | Path = "dvc.lock") -> None:
@@ -387,6 +429,35 @@ def run_url(params: Params, run_id: str | None) -> str | None:
         return None
     import mlflow
 
+    from desta.tracking_outbox import transient
+
     mlflow.set_tracking_uri(uri)
-    run = mlflow.get_run(run_id)
-    return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    try:
+        run = mlflow.get_run(run_id)
+    except Exception as err:
+        if transient(err):  # the server is away: no link, the run is still recorded
+            return None
+        raise
+    return f"{redact_url(uri).rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m desta.tracking [-p params.yaml]`: deliver the tracking calls kept while MLflow was away."""
+    import argparse
+
+    from desta.config import load_params
+    from desta.tracking_outbox import SPOOL_DIR, sync
+
+    ap = argparse.ArgumentParser(description="deliver tracking calls kept while the MLflow server was away")
+    ap.add_argument("-p", "--params", default="params.yaml")
+    params = load_params(ap.parse_args(argv).params)
+    configure_env(params.tracking, params.io)
+    uri = tracking_uri(params.tracking)
+    sent = sync(uri, RetryPolicy.from_config(params.io))
+    left = len(list(SPOOL_DIR.glob("*.jsonl"))) if SPOOL_DIR.is_dir() else 0
+    print(f"delivered {sent} call(s) to {redact_url(uri)}; {left} run(s) still waiting in {SPOOL_DIR}")
+    return 0 if left == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

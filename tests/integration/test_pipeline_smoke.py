@@ -5,6 +5,7 @@ validation gate failing a run on a real Prefect server, and a full ephemeral ret
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -110,14 +111,13 @@ def test_champion_is_served_by_mlflow_models_serve(workspace, mlflow_server, s3_
                                 start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/ping", proc, log, timeout=180)
-        import base64
-
         import soundfile as sf
 
         clip = max((workspace / "data/raw/demo").rglob("*.wav"), key=lambda p: sf.info(p).duration)
         assert sf.info(clip).duration > 2.0, "a multi-second clip"
-        body = {"dataframe_records": [{"audio": base64.b64encode(clip.read_bytes()).decode(),
-                                       "instruction": "Describe the audio."}], "params": {"max_new_tokens": 8}}
+        audio = base64.b64encode(clip.read_bytes()).decode()  # server paths are refused unless serve_audio_root
+        body = {"dataframe_records": [{"audio": audio, "instruction": "Describe the audio."}],
+                "params": {"max_new_tokens": 8}}
         answer = _search(f"http://127.0.0.1:{port}/invocations", body)
         assert isinstance(answer["predictions"][0]["answer"], str) and answer["predictions"][0]["answer"].strip()
         # installable outside this venv: the model requires the project wheel it carries (with its declared deps)

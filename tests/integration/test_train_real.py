@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from params_util import default_params
@@ -41,9 +42,12 @@ def test_real_models_learn_save_and_resume(tmp_path):
     from desta.models.audio_llm import DeSTA25AudioModel
 
     reloaded = DeSTA25AudioModel.from_pretrained(full / "model")
-    ckpt = torch.load(full / "ckpt" / "step-00000004" / "trainable.pt", weights_only=True)
+    ckpt_dir = full / "ckpt" / "step-00000004"
+    from_ckpt = DeSTA25AudioModel.from_pretrained(ckpt_dir)  # a checkpoint is a model dir (chat --model-dir)
+    ckpt = load_file(ckpt_dir / "trainable.safetensors")
     for name, value in reloaded.trainable_state_dict().items():
         assert torch.equal(value.detach(), ckpt[name]), name
+        assert torch.equal(value.detach(), from_ckpt.trainable_state_dict()[name]), name
 
     run_train(real_params(tmp_path), stop_after=2)
     resumed = run_train(real_params(tmp_path))

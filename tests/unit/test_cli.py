@@ -39,3 +39,12 @@ def test_bad_params_fail_before_any_work(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "prepare.workers" in err and str(bad) in err
     assert not Path(tmp_path / "m").exists(), "nothing may be produced when params are invalid"
+
+
+def test_evaluate_refuses_a_model_setting_that_is_not_a_trained_model(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rc = main(["evaluate", "-p", str(ROOT / "params.yaml"), "-S", "evaluate.model=/etc/passwd",
+               "-S", f"paths.eval={tmp_path / 'eval'}", "-S", f"tracking.tracking_uri=sqlite:///{tmp_path}/m.db"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "evaluate.model=/etc/passwd: not a trained model" in err
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "m.db").exists(), "no metrics, no MLflow run"

@@ -123,3 +123,74 @@ def test_model_cache_dir_precedence(tmp_path, monkeypatch):
     assert load_params(p).model_cache_dir() == tmp_path / "home" / "models"
     params = load_params(p, [f"paths.model_cache={tmp_path / 'explicit'}"])
     assert params.model_cache_dir() == tmp_path / "explicit"
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"prepare": {"valid_fraction": 0.6, "test_fraction": 0.6}},
+     r"prepare\.valid_fraction \+ prepare\.test_fraction: 0\.6 \+ 0\.6 leaves no clip for the train split"),
+    ({"prepare": {"quality": {"min_duration_s": 5.0, "max_duration_s": 2.0}}},
+     r"prepare\.quality\.min_duration_s \+ prepare\.quality\.max_duration_s: min_duration_s 5\.0 must be below"),
+    ({"validate": {"min_duration_s": 9.0, "max_duration_s": 1.0}}, r"validate\.min_duration_s"),
+    ({"validate": {"response_min_chars": 50, "response_max_chars": 10}}, r"response_min_chars 50 exceeds"),
+    ({"prepare": {"sources": []}}, r"prepare\.sources: List should have at least 1 item"),
+    ({"prepare": {"sources": [{"name": "a", "kind": "demo"}, {"name": "a", "kind": "demo"}]}},
+     r"source names must be unique"),
+])
+def test_settings_that_cannot_work_together_fail_before_any_work(tmp_path, change, match):
+    with pytest.raises(ParamsError, match=match):
+        load_params(write(tmp_path, change))
+
+
+def test_errors_name_where_the_bad_value_was_set(tmp_path):
+    p = write(tmp_path, {})
+    with pytest.raises(ParamsError) as err:
+        load_params(p, ["train.max_steps=zero"])
+    first = str(err.value).splitlines()[0]
+    assert first.startswith("-S train.max_steps=zero: invalid settings") and str(p) not in str(err.value)
+    with pytest.raises(ParamsError) as err:
+        load_params(p, ["prepare.test_fraction=0.95"])
+    assert str(err.value).startswith("-S prepare.test_fraction=0.95: invalid settings")
+    bad = write(tmp_path, {"train": {"lr": -1}})
+    with pytest.raises(ParamsError) as err:
+        load_params(bad, ["train.max_steps=zero"])
+    msg = str(err.value)
+    head = msg.splitlines()[0]
+    assert str(bad) in head and "-S train.max_steps=zero" in head and "invalid settings (2 problem(s))" in head
+    assert "train.max_steps: Input should be a valid integer" in msg and "[set by -S train.max_steps=zero]" in msg
+    assert f"train.lr: Input should be greater than 0 (got -1) [set by {bad}]" in msg
+    with pytest.raises(ParamsError, match=r"^a profile: invalid settings .*\n  - train\.lr"):
+        load_params(p, merge={"train": {"lr": 0}}, merge_source="a profile")
+
+
+def test_profile_errors_name_the_profile(tmp_path):
+    from desta.pipeline import merged_params
+
+    (tmp_path / "infra/profiles").mkdir(parents=True)
+    (tmp_path / "infra/profiles/fast.yaml").write_text("train:\n  max_steps: -3\n")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(SHIPPED))
+    with pytest.raises(ParamsError, match=r"^profile .*fast\.yaml: invalid settings"):
+        merged_params(tmp_path / "params.yaml", "fast", tmp_path)
+
+
+def test_binary_and_empty_params_files_are_named(tmp_path):
+    binary = tmp_path / "params.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ParamsError, match=rf"{binary}: not a text file"):
+        load_params(binary)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ParamsError, match=rf"^{empty}: invalid settings \(10 problem\(s\)\)"):
+        load_params(empty)
+
+
+@pytest.mark.parametrize("key", ["evaluate.judge.base_url", "tracking.tracking_uri", "pipeline.dvc_remote"])
+def test_credentials_inside_url_settings_are_refused(tmp_path, key):
+    """They would land in MLflow params and dvc.lock (DVC writes declared params there verbatim)."""
+    with pytest.raises(ParamsError) as err:
+        load_params(write(tmp_path, {}), [f"{key}=https://user:s3cr3t@judge.example.com/v1"])
+    assert f"{key}: a URL with credentials" in str(err.value) and "s3cr3t" not in str(err.value).split("\n", 1)[1]
+
+
+def test_io_settings_have_their_defaults_in_params_yaml_only():
+    io = load_params(ROOT / "params.yaml").io
+    assert io.retries >= 1 and io.backoff_s > 0 and io.timeout_s > 0 and io.judge_timeout_s >= io.timeout_s

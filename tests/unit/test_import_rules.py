@@ -94,8 +94,12 @@ def test_no_import_circle_between_units():
 # modules whose edits cannot change a stage's outputs: not code deps in dvc.yaml (editing them re-runs nothing)
 NOT_CODE_DEPS = {
     "desta.tracking": "MLflow logging only",
+    "desta.tracking_outbox": "MLflow logging only (calls queued while the server is away)",
+    "desta.io_retry": "retries and time-outs of remote calls: an outage fails the stage, it never changes what is "
+                      "written",
     "desta.config": "types and bounds of settings; the values come from params.yaml (declared per key)",
     "desta.ray_cluster": "connects to a Ray cluster; where the work runs never changes the outputs",
+    "desta.config_checks": "cross-field checks and error wording of settings (as desta.config)",
 }
 
 

@@ -18,10 +18,12 @@ DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 # keys that cannot change a stage's outputs, deliberately not declared in dvc.yaml (editing them re-runs nothing)
 NOT_DECLARED = {"prepare.workers", "prepare.ray_address", "generate.workers", "generate.ray_address",
                 "generate.ray_cpus_per_worker", "generate.progress", "train.progress", "train.log_every",
-                "train.num_workers", "train.feature_cache", "train.feature_cache_max_mb"}
+                "train.num_workers", "train.feature_cache", "train.feature_cache_max_mb",
+                # retries and time-outs of remote calls: an outage fails the stage, it never changes what is written
+                "io.retries", "io.backoff_s", "io.max_wait_s", "io.timeout_s", "io.judge_timeout_s"}
 # stage -> params sections all of whose keys it must declare
-SECTIONS = {"prepare": ["prepare"], "generate": ["generate"], "validate": ["validate"], "train": ["train", "model"],
-            "evaluate": ["evaluate"], "register": []}
+SECTIONS = {"prepare": ["prepare", "io"], "generate": ["generate"], "validate": ["validate"],
+            "train": ["train", "model"], "evaluate": ["evaluate", "io"], "register": ["io"]}
 
 
 def _flow_module():

@@ -71,10 +71,40 @@ def test_champion_rule_and_metric_lookup(tmp_path):
 
 
 def test_pyfunc_audio_input(tmp_path):
+    data = base64.b64encode(b"RIFFdata").decode()
+    assert open(_audio_to_path(data, tmp_path, 1), "rb").read() == b"RIFFdata"
     wav = tmp_path / "a.wav"
     wav.write_bytes(b"RIFF....")
-    assert _audio_to_path(str(wav), tmp_path, 0) == str(wav)
-    path = _audio_to_path(base64.b64encode(b"RIFFdata").decode(), tmp_path, 1)
-    assert open(path, "rb").read() == b"RIFFdata"
+    with pytest.raises(RegistryError, match="reads no server paths"):  # off by default: bytes only
+        _audio_to_path(str(wav), tmp_path, 0)
     with pytest.raises(RegistryError, match="column `audio`"):
         _audio_to_path("not a file!", tmp_path, 2)
+
+
+def test_pyfunc_reads_only_regular_files_under_its_root_and_refuses_the_rest_alike(tmp_path):
+    root, out = tmp_path / "served", tmp_path / "out"
+    root.mkdir()
+    out.mkdir()
+    (root / "clip.wav").write_bytes(b"RIFFclip")
+    (tmp_path / "secret.wav").write_bytes(b"RIFFsecret")
+    (root / "escape.wav").symlink_to(tmp_path / "secret.wav")
+    os.mkfifo(root / "pipe.wav")
+    path = _audio_to_path("clip.wav", out, 0, str(root))
+    assert open(path, "rb").read() == b"RIFFclip" and path.startswith(str(out))  # a private copy
+    assert open(_audio_to_path(str(root / "clip.wav"), out, 0, str(root)), "rb").read() == b"RIFFclip"
+    messages = set()
+    for refused in ("/etc/passwd", "/etc/no-such-file", "../secret.wav", str(tmp_path / "secret.wav"),
+                    "escape.wav", "pipe.wav", "absent.wav", "/dev/zero"):
+        with pytest.raises(RegistryError) as err:
+            _audio_to_path(refused, out, 3, str(root))
+        messages.add(str(err.value))
+    assert len(messages) == 1, "a missing and a present file must be refused alike (no existence oracle)"
+
+
+def test_credentials_in_urls_are_redacted_from_params_tags_and_messages():
+    from desta.io_retry import describe, redact_url
+
+    url = "https://alice:s3cr3t@judge.example.com/v1"
+    assert safe_params({"judge": {"base_url": url}}) == {"judge.base_url": "https://***@judge.example.com/v1"}
+    assert redact_url(f"POST {url} failed") == "POST https://***@judge.example.com/v1 failed"
+    assert "s3cr3t" not in describe(ConnectionError(f"cannot reach {url}"))

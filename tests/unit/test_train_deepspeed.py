@@ -49,6 +49,27 @@ def test_zero_trains_saves_trainable_only_and_resumes(tmp_path, single_rank, sta
     assert losses(tmp_path / "model") == losses(full / "model")
 
 
+def test_zero2_resume_refuses_a_tampered_checkpoint(tmp_path, single_rank):
+    """DeepSpeed's own loader unpickles anything; desta swaps in torch.load(weights_only=True) + an allow-list."""
+    import torch
+    from test_train_checkpoint_safety import Planted
+
+    from desta.train.checkpoint import CheckpointRefused
+
+    make_generated(tmp_path, n_train=16, n_valid=4)
+    ds = {"strategy": "deepspeed", "zero_stage": 2, "max_steps": 4, "save_every": 2, "eval_every": 2}
+    run_train(tiny_params(tmp_path, **ds), factory, stop_after=2)
+    ckpt = list_checkpoints(tmp_path / "ckpt")[-1]
+    assert (ckpt / "trainable.safetensors").is_file() and (ckpt / "rng-rank0.json").is_file()
+    optim = next((ckpt / "ds").glob("*optim_states.pt"))
+    state = torch.load(optim, weights_only=False)
+    state["optimizer_state_dict"]["planted"] = Planted(tmp_path / "pwned")
+    torch.save(state, optim)
+    with pytest.raises(CheckpointRefused, match="optim_states.pt: refused to load"):
+        run_train(tiny_params(tmp_path, **ds), factory)
+    assert not (tmp_path / "pwned").exists(), "the planted code ran"
+
+
 @pytest.mark.parametrize(("raw", "want"), [
     ("9.0a", "9.0"),                  # the H100 image's value that broke FusedAdam's JIT build
     ("8.0;9.0a 10.0f+PTX", "8.0;9.0;10.0+PTX"),

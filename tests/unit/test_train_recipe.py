@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 from params_util import default_params
+from safetensors.torch import load_file
 from test_train_fixtures import TinyAudioLM, make_generated
 
 from desta.train.checkpoint import list_checkpoints
@@ -53,7 +54,7 @@ def test_train_writes_outputs_and_lowers_val_loss(tmp_path):
     assert [bool(v) for v in shuffled] == [bool(r[2]) for r in rows]  # measured wherever val_loss is
     ckpts = list_checkpoints(tmp_path / "ckpt")
     assert [c.name for c in ckpts] == ["step-00000006", "step-00000012"]
-    trainable = torch.load(ckpts[-1] / "trainable.pt", weights_only=True)
+    trainable = load_file(ckpts[-1] / "trainable.safetensors")
     assert set(trainable) == set(saved)
     meta = json.loads((ckpts[-1] / "meta.json").read_text())
     assert meta["settings_hash"] and meta["model_hashes"]["frozen"] and meta["settings"]["train"]["lr"] == 3e-3

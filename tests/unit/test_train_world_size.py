@@ -24,7 +24,7 @@ def meta(world: int, micro: int, strategy: str = "torch", lr: float = 3e-4) -> d
 def saved(root, m: dict):
     step = root / "step-00000004"
     step.mkdir(parents=True)
-    (step / "meta.json").write_text(json.dumps({**m, "step": 4}))
+    (step / "meta.json").write_text(json.dumps({**m, "step": 4, "format": ckpt.FORMAT}))
     return step
 
 

@@ -87,21 +87,16 @@ def load_audio(path: str | Path, target_sr: int = TARGET_SR) -> np.ndarray:
 
 
 def fetch_object(uri: str) -> bytes:
-    """Bytes of an s3:// object through this process's S3 client; a missing object or bucket is AudioError
-    "missing", any other failure "unreadable", both naming the URI."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from desta.data.remote import process_client, read_uri
+    """Bytes of an s3:// object through this process's S3 client, retried with the process's `io:` policy
+    (desta.data.remote.io_policy); a missing object or bucket is AudioError "missing", an endpoint that stays away
+    or refuses "unreadable", both naming the URI."""
+    from desta.data.remote import io_policy, read_uri
+    from desta.io_retry import EndpointError
 
     try:
-        return read_uri(uri, process_client())
-    except ClientError as err:
-        code = str(err.response.get("Error", {}).get("Code", ""))
-        if code in ("NoSuchKey", "NoSuchBucket", "404"):
-            raise AudioError(uri, "missing", "no such object in the bucket; check the URI, or upload it (endpoint "
-                                             "from $AWS_ENDPOINT_URL)") from None
-        raise AudioError(uri, "unreadable", f"cannot fetch the object ({code}: {err}); check the credentials and "
-                                            "$AWS_ENDPOINT_URL") from None
-    except BotoCoreError as err:
-        raise AudioError(uri, "unreadable", f"cannot fetch the object ({err}); check $AWS_ENDPOINT_URL and the "
-                                            "credentials") from None
+        return read_uri(uri, io_policy())
+    except FileNotFoundError:
+        raise AudioError(uri, "missing", "no such object in the bucket; check the URI, or upload it (endpoint from "
+                                         "$AWS_ENDPOINT_URL)") from None
+    except EndpointError as err:
+        raise AudioError(uri, "unreadable", f"cannot fetch the object ({err})") from None

@@ -21,6 +21,7 @@ Clip-level columns (all metadata optional, null when the source lacks it):
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -91,6 +92,7 @@ class Clip:
     segments: list[dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
+        check_fields({f.name: getattr(self, f.name) for f in fields(self)}, f"clip {self.id}: ")
         if self.domain not in DOMAINS:
             raise ValueError(f"clip {self.id}: domain must be one of {DOMAINS}, got {self.domain!r}")
         if self.split not in SPLITS:
@@ -120,15 +122,65 @@ class Clip:
         return cls(**kw)
 
 
+def _problem(value: Any, t: pa.DataType) -> str | None:
+    """What is wrong with `value` for a column of type `t` (None: it fits; null always fits)."""
+    if value is None:
+        return None
+    if pa.types.is_string(t):
+        return None if isinstance(value, str) else "a string"
+    if pa.types.is_boolean(t):
+        return None if isinstance(value, bool) else "true or false"
+    if pa.types.is_integer(t):
+        return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if pa.types.is_floating(t):
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        return None if ok else "a finite number"
+    if pa.types.is_list(t):
+        items = t.value_type
+        plural = ("strings" if pa.types.is_string(items) else
+                  f"objects with keys among {[f.name for f in items]}" if pa.types.is_struct(items) else "numbers")
+        if not isinstance(value, list):
+            return f"a list of {plural}"
+        bad = next((p for p in (_problem(v, items) for v in value) if p), None)
+        return f"a list of {plural}" if bad else "a list without nulls" if None in value else None
+    if pa.types.is_struct(t):
+        if not isinstance(value, dict) or set(value) - {f.name for f in t}:
+            return f"an object with keys among {[f.name for f in t]}"
+        return next((f"an object whose `{f.name}` is {p}" for f in t if (p := _problem(value.get(f.name), f.type))),
+                    None)
+    return None
+
+
+COLUMN_TYPES = {f.name: f.type for f in SCHEMA}
+
+
+def check_fields(values: dict[str, Any], prefix: str = "") -> None:
+    """ValueError naming the first field whose value does not fit the manifest schema (a metadata row with
+    `"gender": 5`, `"music_tempo_bpm": "fast"` or `"sound_labels": "rain"`); `attributes` must be an object."""
+    for name, value in values.items():
+        if name == "attributes":
+            want = None if value is None or isinstance(value, dict) else "a JSON object"
+        else:
+            want = _problem(value, COLUMN_TYPES[name]) if name in COLUMN_TYPES else None
+        if want:
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            raise ValueError(f"{prefix}field `{name}` must be {want}, got {type(value).__name__} {shown}")
+
+
 def write_shard(clips: Iterable[Clip], path: str | Path) -> int:
-    """Write one Parquet shard atomically (tmp file then rename). Returns the row count."""
+    """Write one Parquet shard atomically (tmp file then rename; no tmp is left on failure). Returns the row
+    count."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = [c.to_row() for c in clips]
     table = pa.Table.from_pylist(rows, schema=SCHEMA)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    tmp.replace(path)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return len(rows)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import struct
 from dataclasses import dataclass
 
@@ -44,6 +45,16 @@ def wav_truncated(data: bytes) -> bool:
     return True  # no data chunk before the end of the file
 
 
+def mp3_frame_count_declared(data: bytes) -> bool:
+    """True when an MP3 carries a Xing/Info header (LAME and libsndfile write one): its frame count is exact, so
+    decoding fewer frames means the file was cut. Without one the count is an estimate from the file size."""
+    start = 0
+    if data[:3] == b"ID3" and len(data) >= 10:  # ID3v2 tag: syncsafe size, optional footer
+        start = 10 + (data[6] << 21 | data[7] << 14 | data[8] << 7 | data[9]) + (10 if data[5] & 0x10 else 0)
+    head = data[start:start + 200]
+    return head[:1] == b"\xff" and (b"Xing" in head or b"Info" in head)
+
+
 def _decode(data: bytes, name: str) -> tuple[np.ndarray, int, int]:
     if not data:
         raise AudioError(name, "empty", "the file is zero bytes long; re-download or remove it")
@@ -51,13 +62,16 @@ def _decode(data: bytes, name: str) -> tuple[np.ndarray, int, int]:
         raise AudioError(name, "truncated", "the WAV header announces more audio than the file holds (cut-off "
                                             "copy or download); re-download it")
     try:
-        wave, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            declared, fmt, sr = f.frames, f.format, f.samplerate
+            wave = f.read(dtype="float32", always_2d=True)
     except Exception as err:  # libsndfile raises LibsndfileError / RuntimeError / TypeError
-        # error_string: libsndfile's message without the in-memory file's repr (an address that changes every run,
-        # which would make quarantine.jsonl differ between identical runs)
-        why = getattr(err, "error_string", None) or str(err)
-        raise AudioError(name, "unreadable", f"cannot decode audio ({why}); supported: wav, flac, ogg, mp3; the file "
-                                             "may be corrupt or truncated") from None
+        reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the file", str(err))  # no address: reruns match
+        raise AudioError(name, "unreadable", f"cannot decode audio ({reason}); supported: wav, flac, ogg, mp3; the "
+                                             "file may be corrupt or truncated") from None
+    if fmt == "MP3" and wave.shape[0] < declared and mp3_frame_count_declared(data):
+        raise AudioError(name, "truncated", f"the MP3 header announces {declared} samples but only {wave.shape[0]} "
+                                            "decode (cut-off copy or download); re-download it")
     return wave, int(sr), int(wave.shape[1])
 
 

@@ -72,5 +72,9 @@ class RayCheckPool:
     def close(self) -> None:
         self._stack.close()
 
+    def terminate(self) -> None:
+        """As close() (blocks already handed to the cluster finish there; nothing waits for them)."""
+        self.close()
+
     def join(self) -> None:
         """Nothing to wait for: imap returns once the cluster has answered."""

@@ -89,8 +89,8 @@ def make_judge(params: Params) -> JudgeFn:
     """The configured judge. The openai kind is checked now (base_url, key); a local judge LLM loads on first use,
     so a missing benchmark file is reported before any model is loaded."""
     cfg = params.evaluate.judge
-    if cfg.kind == "openai":
-        return openai_judge(cfg)
+    if cfg.kind == "openai":  # retries and time-outs from params `io:`
+        return openai_judge(cfg, params.io.judge_timeout_s, params.io.retries, params.io.backoff_s)
     load = functools.cache(lambda: local_judge(cfg.model, params.model_cache_dir(), cfg.max_new_tokens,
                                                params.evaluate.batch_size))
     return lambda prompts: load()(prompts)

@@ -172,8 +172,24 @@ def summary_table(metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def check_model_setting(params: Params) -> None:
+    """evaluate.model, when set, must be a trained model (paths.model or a checkpoint step-N dir): fails before any
+    work instead of scoring an untrained connector."""
+    from desta.models.audio_llm import CONFIG_FILE, is_checkpoint
+
+    if params.evaluate.model is not None and not is_checkpoint(params.evaluate.model):
+        raise ValueError(f"evaluate.model={params.evaluate.model}: not a trained model (no {CONFIG_FILE} in it); "
+                         f"point it at a directory written by `desta train` ({params.paths.model} or "
+                         f"{params.paths.checkpoints}/step-N), or set it to null to use paths.model")
+
+
 def run_evaluate(params: Params) -> dict[str, Any]:
+    from desta.data.remote import use_io_policy
+    from desta.io_retry import RetryPolicy
+
     cfg, out_dir = params.evaluate, Path(params.paths.eval)
+    check_model_setting(params)
+    use_io_policy(RetryPolicy.from_config(params.io))  # s3:// clips read while scoring
     judge: list = []  # filled below, once the released files are known to be complete
     judge_fn = (lambda prompts: judge[0](prompts)) if any(t in JUDGED for t in cfg.tasks) else None
     tasks = build_tasks(params, judge_fn)

@@ -1,15 +1,22 @@
 """Checkpoints of `desta train`: trainable tensors + optimizer/scheduler (via the engine), trainer state, RNG per
 rank, and meta.json carrying the settings and model hashes that made them. Resume picks the latest complete one.
 
-Layout: <paths.checkpoints>/step-00000100/{meta.json, trainer_state.json, rng-rank0.pt, trainable.pt, optim.pt | ds/}
+Layout: <paths.checkpoints>/step-00000100/{meta.json, trainer_state.json, rng-rank0.json, trainable.safetensors,
+desta_config.json, optim.pt | ds/}. With desta_config.json beside the weights a checkpoint is also a model dir
+(`desta chat --model-dir data/checkpoints/step-00000100`, `evaluate.model`).
 A checkpoint is written into `step-N.tmp` and renamed when complete, so a crash never leaves a half checkpoint.
+Nothing is unpickled on resume: state is JSON, tensors safetensors, and the optimizer file is read with
+`torch.load(weights_only=True)` (tensors and plain containers only), so a tampered checkpoint on shared storage is
+refused (`CheckpointRefused`) instead of running its code.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
+import pickle
 import random
 import shutil
 import time
@@ -22,6 +29,8 @@ import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
+
+FORMAT = 2  # 1: pickled RNG state (refused now; such checkpoints are moved to stale/)
 
 # Per-step figures that vary from run to run: kept in memory (MLflow, the progress bar, this process's summary) but
 # never written into a checkpoint or the model dir, so two runs of the same settings write the same bytes.
@@ -77,19 +86,52 @@ def tensor_fingerprint(module: nn.Module, frozen_only: bool = True, sample: int 
     return h.hexdigest()[:16]
 
 
+class CheckpointRefused(RuntimeError):
+    """A checkpoint file holds something other than tensors and plain containers: tampered or foreign."""
+
+
+def safe_torch_load(path: Path, map_location: Any = None, allow: list[Any] | None = None) -> Any:
+    """torch.load with weights_only=True (plus the `allow`-listed classes, e.g. DeepSpeed's loss scaler); a file
+    that needs anything else to unpickle is refused, naming the file and what it asked for."""
+    try:
+        with torch.serialization.safe_globals(allow or []):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "unsupported" in ln.lower()), "it needs more than tensors to unpickle")
+        raise CheckpointRefused(f"{path}: refused to load ({why}); a checkpoint written by desta holds tensors and "
+                                "plain values only, so this file was tampered with or comes from elsewhere. Move the "
+                                "checkpoint dir away (or delete it) to start fresh") from None
+
+
+def _b64(t: torch.Tensor) -> str:
+    return base64.b64encode(t.cpu().numpy().tobytes()).decode()
+
+
+def _tensor(s: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
+
+
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python, numpy, torch (and CUDA) generator states as JSON-able values (read back without unpickling)."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {"python": [version, list(internal), gauss],
+                             "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+                             "torch": _b64(torch.get_rng_state())}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(_tensor(state["torch"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([_tensor(s) for s in state["cuda"]])
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -108,7 +150,7 @@ def begin(root: Path, step: int) -> Path:
 
 
 def write_rank_state(tmp: Path, rank: int) -> None:
-    torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
+    (tmp / f"rng-rank{rank}.json").write_text(json.dumps(rng_state()))
 
 
 def finish(tmp: Path, state: TrainerState, meta: dict[str, Any], keep: int) -> Path:
@@ -117,7 +159,7 @@ def finish(tmp: Path, state: TrainerState, meta: dict[str, Any], keep: int) -> P
     steady = asdict(state)
     steady["history"] = [{k: v for k, v in row.items() if k not in WALL_CLOCK_KEYS} for row in state.history]
     (tmp / "trainer_state.json").write_text(json.dumps(steady, indent=1))
-    (tmp / "meta.json").write_text(json.dumps({**meta, "step": state.step}, indent=1))
+    (tmp / "meta.json").write_text(json.dumps({**meta, "step": state.step, "format": FORMAT}, indent=1))
     final = tmp.with_name(tmp.name.removesuffix(".tmp"))
     if final.exists():
         shutil.rmtree(final)
@@ -130,11 +172,11 @@ def finish(tmp: Path, state: TrainerState, meta: dict[str, Any], keep: int) -> P
 def read_state(ckpt: Path, rank: int) -> TrainerState:
     """Trainer state + this rank's RNG (restored immediately)."""
     state = TrainerState(**json.loads((ckpt / "trainer_state.json").read_text()))
-    rng_file = ckpt / f"rng-rank{rank}.pt"
+    rng_file = ckpt / f"rng-rank{rank}.json"
     if not rng_file.is_file():
         raise FileNotFoundError(f"{rng_file}: missing; the checkpoint was written by fewer ranks than this run has. "
                                 "Resume with the same world size, or delete the checkpoint dir to start fresh")
-    set_rng_state(torch.load(rng_file, weights_only=False))
+    set_rng_state(json.loads(rng_file.read_text()))
     return state
 
 
@@ -148,8 +190,10 @@ def find_resumable(root: Path, expected: dict[str, Any]) -> Path | None:
     latest = ckpts[-1]
     meta = json.loads((latest / "meta.json").read_text())
     diffs = [k for k in ("settings_hash", "model_hashes") if meta.get(k) != expected.get(k)]
+    if meta.get("format") != FORMAT:
+        diffs.append(f"format (written by an older desta that pickled its state; format {FORMAT} is needed)")
     changed = _changed_keys(meta.get("settings", {}), expected.get("settings", {}))
-    if "model_hashes" not in diffs:
+    if not diffs or diffs == ["settings_hash"]:
         check_world_size(latest, meta, expected, changed)
     if not diffs:
         return latest

@@ -26,6 +26,7 @@ from desta.train.schedule import build_optimizer, build_scheduler, param_groups,
 log = logging.getLogger(__name__)
 
 SINGLE_PROCESS_ENV = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+TRAINABLE_FILE = "trainable.safetensors"  # the name DeSTA25AudioModel.save_pretrained uses too
 
 
 def build_ds_config(cfg: TrainConfig, world_size: int = 1, on_cpu: bool | None = None) -> dict[str, Any]:
@@ -122,6 +123,48 @@ def _trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in module.state_dict().items() if k in names}
 
 
+def save_trainable(module: nn.Module, ckpt_dir: Path) -> None:
+    """trainable.safetensors; for the composite (a module with a `config`) through its save_pretrained, which
+    also writes desta_config.json, so the checkpoint is a model dir that chat and evaluate load."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if hasattr(module, "save_pretrained") and hasattr(getattr(module, "config", None), "model_dump"):
+        module.save_pretrained(ckpt_dir)
+        return
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in _trainable_state(module).items()}
+    save_file(tensors, str(ckpt_dir / TRAINABLE_FILE), metadata={"format": "pt"})
+
+
+def load_trainable(module: nn.Module, ckpt_dir: Path, device: torch.device) -> None:
+    from safetensors.torch import load_file
+
+    path = ckpt_dir / TRAINABLE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; delete the checkpoint dir to start fresh")
+    missing, unexpected = module.load_state_dict(load_file(str(path), device=str(device)), strict=False)
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    lost = sorted(trainable & set(missing))
+    if unexpected or lost:
+        raise RuntimeError(f"{path} does not fit the model (missing {lost[:5]}, unexpected {unexpected[:5]}); delete "
+                           "the checkpoint dir to start fresh")
+
+
+def deepspeed_safe_globals() -> list[Any]:
+    """The DeepSpeed classes its ZeRO checkpoints hold besides tensors (loss scaler, stage enum, fragment
+    addresses); allow-listed for torch.load(weights_only=True), nothing else is."""
+    found: list[Any] = []
+    for module, names in (("deepspeed.runtime.fp16.loss_scaler", ("LossScaler", "DynamicLossScaler")),
+                          ("deepspeed.runtime.zero.config", ("ZeroStageEnum",)),
+                          ("deepspeed.utils.tensor_fragment", ("fragment_address",))):
+        try:
+            mod = __import__(module, fromlist=list(names))
+        except ImportError:
+            continue
+        found += [getattr(mod, n) for n in names if hasattr(mod, n)]
+    return found
+
+
 class TorchEngine(Engine):
     """Plain PyTorch: AdamW + LambdaLR, clipping, autocast for bf16/fp16; DDP when launched by torchrun."""
 
@@ -177,20 +220,15 @@ class TorchEngine(Engine):
     def save(self, ckpt_dir: Path) -> None:
         if not self.is_main:
             return
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(_trainable_state(self.module), ckpt_dir / "trainable.pt")
+        save_trainable(self.module, ckpt_dir)
         torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                     "scaler": self.scaler.state_dict()}, ckpt_dir / "optim.pt")
 
     def load(self, ckpt_dir: Path) -> None:
-        state = torch.load(ckpt_dir / "trainable.pt", map_location=self.device, weights_only=True)
-        missing, unexpected = self.module.load_state_dict(state, strict=False)
-        trainable = {n for n, p in self.module.named_parameters() if p.requires_grad}
-        lost = sorted(trainable & set(missing))
-        if unexpected or lost:
-            raise RuntimeError(f"{ckpt_dir}/trainable.pt does not fit the model (missing {lost[:5]}, unexpected "
-                               f"{unexpected[:5]}); delete the checkpoint dir to start fresh")
-        opt = torch.load(ckpt_dir / "optim.pt", map_location=self.device, weights_only=False)
+        from desta.train.checkpoint import safe_torch_load
+
+        load_trainable(self.module, ckpt_dir, self.device)
+        opt = safe_torch_load(ckpt_dir / "optim.pt", map_location=self.device)
         self.optimizer.load_state_dict(opt["optimizer"])
         self.scheduler.load_state_dict(opt["scheduler"])
         self.scaler.load_state_dict(opt["scaler"])
@@ -239,9 +277,16 @@ class DeepSpeedEngine(Engine):
         return self._lr
 
     def save(self, ckpt_dir: Path) -> None:
+        with self.gathered():  # ZeRO-3: every rank takes part in the gather, rank 0 writes
+            if self.is_main:
+                save_trainable(self.module, ckpt_dir)
         self.engine.save_checkpoint(str(ckpt_dir), tag="ds", exclude_frozen_parameters=True)
 
     def load(self, ckpt_dir: Path) -> None:
+        from desta.train.checkpoint import safe_torch_load
+
+        allow = deepspeed_safe_globals()  # DeepSpeed's own torch.load unpickles anything: replace it
+        self.engine.checkpoint_engine.load = lambda path, map_location=None: safe_torch_load(path, map_location, allow)
         path, _ = self.engine.load_checkpoint(str(ckpt_dir), tag="ds", load_module_strict=False,
                                               load_optimizer_states=True, load_lr_scheduler_states=True)
         if path is None:

@@ -325,8 +325,11 @@ def run_train(params: Params, model_factory: ModelFactory = default_model,
               stop_after: int | None = None) -> dict[str, Any]:
     """Stage entry (CLI, dvc.yaml, Prefect): train, resume automatically, write the model + metrics; returns a
     summary (steps, step-0/final/best val loss, samples/s, tokens/s, checkpoint dir)."""
+    from desta.data.remote import use_io_policy
+    from desta.io_retry import RetryPolicy
     from desta.tracking import job_run
 
+    use_io_policy(RetryPolicy.from_config(params.io))  # s3:// clips read while training
     recipe = Recipe(params, model_factory, stop_after)
     with deterministic_kernels(params.train.deterministic):
         try:

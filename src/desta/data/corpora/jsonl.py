@@ -13,7 +13,7 @@ from typing import Any
 
 from desta.config import SourceConfig
 from desta.data.corpora import Entry, require
-from desta.data.manifest import Clip
+from desta.data.manifest import Clip, check_fields
 
 LICENSE = "unknown"
 METADATA = "metadata.jsonl"
@@ -39,6 +39,10 @@ def parse_line(line: str, where: str) -> Entry:
         return Entry(rel=row["file"], meta={}, where=where, extra={"bad": f"{where}: unknown field(s) {unknown}; "
                                                                           f"allowed: {sorted(ALLOWED)}"})
     meta = {k: v for k, v in row.items() if k != "file" and v is not None}
+    try:
+        check_fields(meta)  # one mistyped row is quarantined; the rest of the corpus is kept
+    except ValueError as err:
+        return Entry(rel=row["file"], meta={}, where=where, extra={"bad": f"{where}: {err}"})
     return Entry(rel=row["file"], meta=meta, group=meta.get("speaker"), where=where)
 
 
