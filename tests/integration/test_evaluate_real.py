@@ -59,8 +59,10 @@ def test_evaluate_real_models_then_compare(tmp_path):
         assert key in metrics and np.isfinite(metrics[key]), key
     assert 0.0 <= metrics["heldout/accuracy"] <= 1.0
     preds = (tmp_path / "eval" / "predictions" / "heldout.jsonl").read_text().splitlines()
-    kinds = Counter(json.loads(p)["reference"]["kind"] for p in preds)
-    assert kinds["mcq"] == metrics["heldout/n_items"] and kinds["asr"] == kinds["ifeval"] == 1
+    kinds = Counter((json.loads(p)["reference"]["kind"], json.loads(p)["runner"]) for p in preds)
+    assert kinds["mcq", "model"] == metrics["heldout/n_items"] and kinds["asr", "model"] == 1
+    assert kinds["ifeval", "model"] == kinds["ifeval", "backbone"] == 1  # the backbone answers from the description
+    kinds = Counter(kind for kind, runner in kinds.elements() if runner == "model")
     assert 0 < kinds["open"] <= kinds["mcq"] and 0 <= metrics["heldout/open_accuracy"] <= 1  # no open music key
     assert 0 < metrics["heldout/accuracy_p"] <= 1 and 0 < metrics["heldout/open_accuracy_p"] <= 1
     assert all(isinstance(json.loads(p)["prediction"], str) for p in preds)
