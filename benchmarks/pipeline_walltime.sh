@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Wall time of `dvc repro` from scratch for the smoke profile and the default demo, each in a fresh copy of the
 # project (python -m desta.pipeline repro --workdir), with the embedded MLflow store. Targets on a 2-core CPU
-# machine: smoke <= 5 min, default demo <= 20 min.
+# machine: smoke <= 5 min, default demo <= 15 min.
 #   bash benchmarks/pipeline_walltime.sh            # both
 #   bash benchmarks/pipeline_walltime.sh smoke      # one: smoke | default
 # Writes benchmarks/out/pipeline_walltime.tsv (profile, seconds, target, ratio) and the logs next to it.
@@ -20,7 +20,7 @@ printf 'profile\tseconds\ttarget_s\tratio\n' > "$OUT/pipeline_walltime.tsv"
 for profile in "${profiles[@]}"; do
   case "$profile" in
     smoke) target=300; flag=(--profile smoke) ;;
-    default) target=1200; flag=() ;;
+    default) target=900; flag=() ;;
     *) echo "unknown profile $profile (smoke | default)" >&2; exit 2 ;;
   esac
   work=$(mktemp -d "${TMPDIR:-/tmp}/desta-walltime-$profile-XXXX")

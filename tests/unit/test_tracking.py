@@ -33,7 +33,7 @@ def test_stage_runs_nest_under_parent_with_lineage(params, tmp_path):
     assert PARENT_ENV not in os.environ
     child = mlflow.get_run(tracker.run_id)
     assert child.data.tags["mlflow.parentRunId"] == parent.run_id
-    assert child.data.params["generate.prompts_per_clip"] == "2"
+    assert child.data.params["generate.prompts_per_clip"] == str(params.generate.prompts_per_clip)
     assert child.data.metrics == {"records": 3.0}
     assert child.data.tags["desta.dvc.manifests"] == "abc123.dir"
     assert [d.dataset.digest for d in child.inputs.dataset_inputs] == ["abc123.dir"]
