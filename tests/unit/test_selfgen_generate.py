@@ -40,7 +40,8 @@ def tiny(tmp_path_factory):
 
 
 def params_for(tmp_path: Path, llm: Path, manifests: Path, **generate):
-    g = {"max_new_tokens": 6, "batch_size": 4, "shard_size": 5, "progress": False, "device": "cpu", **generate}
+    g = {"max_new_tokens": 6, "batch_size": 4, "shard_size": 5, "prompts_per_clip": 2, "progress": False,
+         "device": "cpu", **generate}  # two records per clip: shards, resumes and mixes get exercised
     return default_params({"paths": {"manifests": str(manifests), "generated": str(tmp_path / "gen")},
                              "model": {"llm": str(llm)}, "tracking": {"enabled": False}, "generate": g})
 
