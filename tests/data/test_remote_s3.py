@@ -57,3 +57,25 @@ def test_missing_s3_prefix_fails_before_work(s3_server, tmp_path, monkeypatch):
         "sources": [{"name": "v", "kind": "vctk", "path": f"s3://{s3_server.bucket}/nothing-here"}]}})
     with pytest.raises(PrepareError, match="speaker-info.txt: not found; expected"):
         run_prepare(params, progress=False)
+
+
+def test_clip_reads_at_train_time_use_the_installed_io_policy(monkeypatch):
+    """desta.data.audio.load_audio on an s3:// URI (training, evaluation) retries with the policy the stage installed
+    from params `io:` and, when the endpoint stays away, fails as an unreadable clip naming the URI."""
+    import time
+
+    from desta.data import remote
+    from desta.data.audio import AudioError, load_audio
+    from desta.io_retry import RetryPolicy
+
+    dead = f"http://127.0.0.1:{fixtures_s3._free_port()}"  # nothing listens there
+    for k, v in {"AWS_ENDPOINT_URL": dead, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(remote, "_POLICY", [])
+    assert remote.io_policy() == remote.FALLBACK_POLICY
+    remote.use_io_policy(RetryPolicy(retries=1, backoff_s=0.1, max_wait_s=0.1, timeout_s=2.0))
+    start = time.monotonic()
+    with pytest.raises(AudioError, match=r"s3://bucket/clip\.wav.*failed 2 time") as err:
+        load_audio("s3://bucket/clip.wav")
+    assert err.value.reason == "unreadable" and time.monotonic() - start < 10
