@@ -157,7 +157,8 @@ def open_run(params: Params, **start: Any) -> Iterator[StageTracker]:
     from desta.tracking_outbox import Outbox, now_ms
 
     uri, policy = tracking_uri(params.tracking), RetryPolicy.from_config(params.io)
-    run = mlflow_call(lambda: mlflow.start_run(**start), f"start run {start.get('run_name')!r}", uri, policy)
+    what = f"start run {start.get('run_name') or start.get('run_id')!r}"
+    run = mlflow_call(lambda: mlflow.start_run(**start), what, uri, policy)
     outbox = Outbox(uri, run.info.run_id, policy, background=uri.startswith(("http://", "https://")))
     tracker, status = StageTracker(run, outbox), "FAILED"
     try:
@@ -276,9 +277,10 @@ def previous_job_run(params: Params, run_file: Path, resumed: bool) -> str | Non
     from mlflow.exceptions import MlflowException
 
     run_id = json.loads(run_file.read_text())["run_id"]
-    connect(params.tracking, {})
+    connect(params.tracking, {}, params.io)
+    uri, policy = tracking_uri(params.tracking), RetryPolicy.from_config(params.io)
     try:
-        run = mlflow.MlflowClient().get_run(run_id)
+        run = mlflow_call(lambda: mlflow.MlflowClient().get_run(run_id), f"read run {run_id}", uri, policy)
     except MlflowException:
         log.warning("%s names MLflow run %s, which this tracking server does not have; starting a new run",
                     run_file, run_id)
@@ -287,7 +289,7 @@ def previous_job_run(params: Params, run_file: Path, resumed: bool) -> str | Non
     if resumed and run.info.lifecycle_stage == "active" and exp and run.info.experiment_id == exp.experiment_id:
         return run_id
     if run.info.status == "RUNNING":
-        mlflow.MlflowClient().set_terminated(run_id, "KILLED")
+        mlflow_call(lambda: mlflow.MlflowClient().set_terminated(run_id, "KILLED"), f"close run {run_id}", uri, policy)
         log.warning("MLflow run %s was left RUNNING by a killed launch and this one starts over: closed it as KILLED",
                     run_id)
     return None
